@@ -1,0 +1,18 @@
+"""minimal LoRAMoE: a from-scratch, readable LoRAMoE (Dou et al., ACL 2024, arXiv 2312.09979) for teaching.
+
+The pieces, one module each:
+    lora.py     LoRALinear            one LoRA expert around a frozen linear
+    loramoe.py  LoRAMoELinear         E LoRA experts + a router, computed as one fused matmul
+    balance.py  localized_balance_loss   the localized balancing constraint (official and corrected)
+    inject.py   add_loramoe, save_loramoe, load_loramoe   plug the layers into a Hugging Face model
+"""
+from .balance import corrected_localized_balance_loss, localized_balance_loss, model_balance_loss
+from .inject import (FFN_MODULES, add_gated_lora, add_lora, add_loramoe, adapter_layers, count_parameters,
+                     load_loramoe, save_loramoe)
+from .lora import GatedLoRALinear, LoRALinear
+from .loramoe import LoRAMoELinear
+
+__all__ = ["LoRALinear", "GatedLoRALinear", "LoRAMoELinear", "localized_balance_loss",
+           "corrected_localized_balance_loss", "model_balance_loss", "add_loramoe", "add_lora", "add_gated_lora",
+           "adapter_layers", "count_parameters", "save_loramoe", "load_loramoe", "FFN_MODULES"]
+__version__ = "0.1.0"

@@ -1,0 +1,131 @@
+"""The localized balancing constraint (LBC) of LoRAMoE (Dou et al., 2024, Sec. 3.3, Eq. 6-8).
+
+Every training sample m has a type: 1 = world-knowledge sample, 0 = other downstream task. The E experts of a
+LoRAMoE layer are split in two halves: experts n < E/2 form the "knowledge" group, experts n >= E/2 the "task"
+group. For one batch:
+
+    Q[n, m] = sum over the tokens t of sample m of g_n(x_t)          importance of expert n for sample m
+    C[n, m] = 1 + delta  if expert n's group matches sample m's type, else 1 - delta
+    Z       = Q * C (elementwise, flattened)
+    L_lbc   = beta * Var(Z) / (Mean(Z)^2 + 1e-10)                     squared coefficient of variation
+
+(the paper writes sigma/mu; the authors' code computes the squared CV with the unbiased variance, which is what
+``localized_balance_loss`` computes.)
+
+What the official loss really pushes towards: the variance of Z is smallest when all entries of Z are equal,
+i.e. when ``Q_match * (1 + delta) = Q_other * (1 - delta)``, so the matched group ends up with *less* weight
+than the other: Q_match / Q_other = (1 - delta) / (1 + delta). Knowledge samples are pushed *away* from the
+knowledge group (the groups still separate by type, only mirrored; issue #22 of the official repository).
+``corrected_localized_balance_loss`` swaps the two coefficients, so its optimum is
+Q_match / Q_other = (1 + delta) / (1 - delta), and divides Q by each sample's number of real tokens, so that
+long samples do not dominate the loss merely by being long.
+"""
+import torch
+
+from .loramoe import LoRAMoELinear
+
+LBC_VARIANTS = ("official", "corrected")
+
+
+def _check(gates, task_types, attention_mask):
+    if gates.dim() != 3:
+        raise ValueError(f"gates must have shape (batch, seq_len, num_experts), got {tuple(gates.shape)}")
+    B, T, E = gates.shape
+    if E % 2:
+        raise ValueError(f"the localized balancing loss needs an even number of experts (two equal groups), got {E}")
+    task_types = torch.as_tensor(task_types, device=gates.device)
+    if task_types.shape != (B,):
+        raise ValueError(f"task_types must have shape ({B},) (one type per sample), got {tuple(task_types.shape)}")
+    if not torch.isin(task_types, torch.tensor([0, 1], device=gates.device)).all():
+        raise ValueError(f"task_types must contain only 0 (other task) and 1 (world knowledge), got "
+                         f"{sorted(set(task_types.tolist()))}")
+    if attention_mask is not None and tuple(attention_mask.shape) != (B, T):
+        raise ValueError(f"attention_mask must have shape ({B}, {T}), got {tuple(attention_mask.shape)}")
+    return task_types
+
+
+def importance(gates: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Q of the paper, transposed to (batch, E): the gate weight each expert gets, summed over a sample's tokens.
+
+    With ``attention_mask`` (B, T) the padding tokens are left out (the official code sums over padding too).
+    """
+    gates = gates.float()  # (B, T, E)
+    if attention_mask is not None:
+        gates = gates * attention_mask.unsqueeze(-1).to(gates.dtype)
+    return gates.sum(dim=1)  # (B, E)
+
+
+def coefficients(task_types: torch.Tensor, num_experts: int, delta: float, corrected: bool = False) -> torch.Tensor:
+    """C of the paper, transposed to (batch, E): 1 + delta where the expert's group matches the sample's type.
+
+    Official: knowledge samples (type 1) match experts n < E/2, task samples (type 0) match experts n >= E/2.
+    ``corrected=True`` swaps the two values (1 - delta on the matching group), which turns the optimum around.
+    """
+    half = num_experts // 2
+    first_half = torch.arange(num_experts, device=task_types.device) < half  # (E,)
+    match = (task_types.view(-1, 1) == 1) == first_half.view(1, -1)  # (B, E)
+    on_match, off_match = (1 - delta, 1 + delta) if corrected else (1 + delta, 1 - delta)
+    return torch.where(match, on_match, off_match).float()
+
+
+def cv_squared(z: torch.Tensor) -> torch.Tensor:
+    """Squared coefficient of variation, as in the official code: unbiased Var(z) / (Mean(z)^2 + 1e-10)."""
+    z = z.float().flatten()
+    if z.numel() < 2:
+        return z.new_zeros(())
+    return z.var() / (z.mean() ** 2 + 1e-10)
+
+
+def localized_balance_loss(gates, task_types, delta: float = 0.1, beta: float = 0.1, attention_mask=None):
+    """The localized balancing loss exactly as the official LoRAMoE code computes it (Eq. 6-8, CV^2).
+
+    Args:
+        gates: (B, T, E) router weights of one LoRAMoE layer (e.g. ``layer.last_gates``).
+        task_types: (B,) 1 = world-knowledge sample, 0 = other downstream task.
+        delta: how much the coefficients differ between matching and non-matching groups.
+        beta: weight of the loss.
+        attention_mask: optional (B, T); padded positions are left out of Q.
+    """
+    task_types = _check(gates, task_types, attention_mask)
+    Q = importance(gates, attention_mask)  # (B, E)
+    C = coefficients(task_types, gates.shape[-1], delta)  # (B, E)
+    return beta * cv_squared(Q * C)
+
+
+def corrected_localized_balance_loss(gates, task_types, delta: float = 0.1, beta: float = 0.1, attention_mask=None):
+    """The localized balancing loss with the optimum pointing the way the paper describes.
+
+    Two changes to :func:`localized_balance_loss`: the coefficients are swapped (1 - delta on the matching group,
+    so minimising the variance gives the matching group *more* weight: Q_match / Q_other = (1+delta)/(1-delta)),
+    and Q is divided by each sample's number of real tokens (a per-sample mean instead of a sum).
+    """
+    task_types = _check(gates, task_types, attention_mask)
+    Q = importance(gates, attention_mask)  # (B, E)
+    if attention_mask is not None:
+        Q = Q / attention_mask.sum(dim=1, keepdim=True).clamp(min=1).to(Q.dtype)
+    else:
+        Q = Q / gates.shape[1]
+    C = coefficients(task_types, gates.shape[-1], delta, corrected=True)
+    return beta * cv_squared(Q * C)
+
+
+def model_balance_loss(model, task_types, attention_mask=None, delta: float = 0.1, beta: float = 0.1,
+                       variant: str = "official") -> torch.Tensor:
+    """Sum of the localized balancing loss over every LoRAMoE layer of ``model`` after a forward pass.
+
+    The paper adds one such loss per LoRAMoE layer to the cross-entropy: ``loss = ce + model_balance_loss(...)``.
+    ``variant`` is ``"official"`` or ``"corrected"``.
+    """
+    if variant not in LBC_VARIANTS:
+        raise ValueError(f"variant must be one of {LBC_VARIANTS}, got {variant!r}")
+    loss_fn = localized_balance_loss if variant == "official" else corrected_localized_balance_loss
+    layers = [m for m in model.modules() if isinstance(m, LoRAMoELinear)]
+    if not layers:
+        raise ValueError("model has no LoRAMoELinear layers: call add_loramoe(model) first")
+    total = None
+    for layer in layers:
+        if layer.last_gates is None:
+            raise ValueError("no router weights stored yet: run a forward pass before model_balance_loss")
+        loss = loss_fn(layer.last_gates, task_types, delta, beta, attention_mask)
+        total = loss if total is None else total + loss
+    return total
