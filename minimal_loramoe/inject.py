@@ -41,7 +41,8 @@ def _inject(model: nn.Module, adapter: str, target_modules, **settings) -> nn.Mo
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, make(getattr(parent, child), **settings))
+        old = getattr(parent, child)
+        setattr(parent, child, make(old, **settings).train(old.training))  # keep the model's train/eval mode
     setattr(model, CONFIG_ATTR, {"adapter": adapter, "target_modules": list(target_modules), **settings})
     return model
 
