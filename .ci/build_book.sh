@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Build the book as CI does, from the saved notebook outputs, with no network:
+#   1. book/_toc.yml is in step with notebooks/ (a chapter notebook that is not in the book fails),
+#   2. every chapter notebook follows the book's rules (executed in order, Colab first cell, graded exercises
+#      with folded solutions, nothing loaded from the network),
+#   3. jupyter-book builds every page with warnings as errors (-W) and nitpicky cross-references (-n),
+#      reporting all problems at once (--keep-going); --all so that no page is skipped as "unchanged",
+#   4. the built HTML loads no script, stylesheet, font or image from an http(s) URL.
+# Usage: .ci/build_book.sh [--check-pages]
+#   --check-pages  also open every page in headless Chromium (book/check_pages.py; installs Debian's chromium
+#                  with apt-get if it is missing) and save screenshots outside the repository.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+start=$(date +%s)
+python book/sync_toc.py --check
+python book/lint_chapters.py
+jupyter-book build book --all -n -W --keep-going
+python book/check_offline.py book/_build/html
+echo "build_book: book built and checked in $(( $(date +%s) - start )) s -> book/_build/html/index.html"
+
+if [[ "${1:-}" == "--check-pages" ]]; then
+  python book/check_pages.py --install-chromium
+fi

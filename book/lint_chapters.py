@@ -1,0 +1,143 @@
+"""Check that every chapter notebook in the book follows the book's rules, before the book is built.
+
+For each notebook that book/_toc.yml enables (or each notebook given on the command line):
+
+- it was run top to bottom and saved with its outputs: every non-empty code cell has an execution count, the
+  counts are 1, 2, 3, ... in order, and no cell saved an error. (CI re-executes the notebooks with nbval and
+  compares the outputs; the book renders the saved ones, so they must come from one clean run.)
+- its first code cell works on Colab: it installs the package from the repository named in _config.yml when
+  ``google.colab`` is imported, and picks the device with ``get_device()``;
+- it ends with exercises: the last ``##`` section is about exercises, there are at least two, their titles
+  carry a difficulty (★, ★★ or ★★★) with at least two different levels, and every exercise has a solution
+  folded away with ``:class: dropdown``;
+- it loads nothing from the network when rendered: no ipywidgets outputs (use ``from tqdm import tqdm``, not
+  ``tqdm.auto``), no images or scripts from http(s) URLs in Markdown or HTML outputs.
+
+    python book/lint_chapters.py                   # every enabled chapter
+    python book/lint_chapters.py notebooks/04_*.ipynb
+"""
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+BOOK = Path(__file__).resolve().parent
+TOC = BOOK / "_toc.yml"
+CONFIG = BOOK / "_config.yml"
+
+EXERCISE = re.compile(r"^```+\{exercise(?:-start)?\}[ \t]*(?P<title>[^\n]*)\n(?P<opts>(?::[^\n]*\n)*)", re.M)
+SOLUTION = re.compile(r"^```+\{solution(?:-start)?\}[ \t]*(?P<label>\S+)[^\n]*\n(?P<opts>(?::[^\n]*\n)*)", re.M)
+LABEL = re.compile(r"^:label:\s*(\S+)", re.M)
+STARS = re.compile(r"^(★{1,3})(?!★)")
+HEADING2 = re.compile(r"^##\s+(.*)$", re.M)
+EXTERNAL_MD = re.compile(r"!\[[^\]]*\]\(\s*(https?:)?//|<(img|script|iframe)[^>]*\ssrc=[\"']?(https?:)?//", re.I)
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def enabled_notebooks() -> list[Path]:
+    toc = yaml.safe_load(TOC.read_text())
+    files = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(node["file"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc)
+    return [BOOK / f"{f}.ipynb" for f in files if (BOOK / f"{f}.ipynb").is_file()]
+
+
+def _source(cell) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def lint(path: Path, repo_url: str) -> list[str]:
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    cells = nb.get("cells", [])
+    code = [c for c in cells if c["cell_type"] == "code" and _source(c).strip()]
+    problems = []
+
+    # 1. one clean top-to-bottom run, outputs saved
+    counts = [c.get("execution_count") for c in code]
+    if any(n is None for n in counts):
+        problems.append(f"{counts.count(None)} code cell(s) never executed: run the notebook top to bottom and save")
+    elif counts != list(range(1, len(counts) + 1)):
+        problems.append(f"execution counts {counts[:12]}{'...' if len(counts) > 12 else ''} are not 1, 2, 3, ...: "
+                        "restart the kernel, run all, save")
+    if code and not any(c.get("outputs") for c in code):
+        problems.append("no saved outputs at all (stripped?): the book shows the saved outputs")
+    for i, c in enumerate(code, 1):
+        for out in c.get("outputs", []):
+            if out.get("output_type") == "error":
+                problems.append(f"code cell {i} saved an error: {out.get('ename')}: {out.get('evalue', '')[:80]}")
+            data = out.get("data", {})
+            if WIDGET_MIME in data:
+                problems.append(f"code cell {i} has an ipywidgets output (tqdm.auto?): it cannot render offline; "
+                                "use `from tqdm import tqdm`")
+            html = "".join(data.get("text/html", "")) if isinstance(data.get("text/html"), list) else \
+                data.get("text/html", "")
+            if EXTERNAL_MD.search(html or ""):
+                problems.append(f"code cell {i} outputs HTML that loads from the network")
+
+    # 2. a first cell that works on Colab
+    first = _source(code[0]) if code else ""
+    if "google.colab" not in first or repo_url not in first or "get_device" not in first:
+        problems.append(f"the first code cell must install the package on Colab (`if \"google.colab\" in sys.modules:` "
+                        f"... `%pip install -q \"minimal-loramoe @ git+{repo_url}\"`) and call get_device(); "
+                        "see book/README.md")
+
+    # 3. ends with graded exercises, solutions folded away
+    markdown = "\n\n".join(_source(c) for c in cells if c["cell_type"] == "markdown")
+    headings = HEADING2.findall(markdown)
+    if not headings or "exercise" not in headings[-1].lower():
+        problems.append(f"the last '## ' section must be the exercises (last one is {headings[-1] if headings else None!r})")
+    exercises = list(EXERCISE.finditer(markdown))
+    labels = [LABEL.search(m["opts"]).group(1) for m in exercises if LABEL.search(m["opts"])]
+    if len(exercises) < 2:
+        problems.append(f"{len(exercises)} exercise(s): write at least two, of different difficulty")
+    if len(labels) != len(exercises):
+        problems.append("every exercise needs a :label: (its solution refers to it)")
+    levels = {STARS.match(m["title"].strip()).group(1) for m in exercises if STARS.match(m["title"].strip())}
+    unmarked = [m["title"].strip() for m in exercises if not STARS.match(m["title"].strip())]
+    if unmarked:
+        problems.append(f"exercise titles must start with ★, ★★ or ★★★: {unmarked}")
+    if exercises and len(levels) < 2:
+        problems.append("the exercises must span at least two difficulty levels (★, ★★, ★★★)")
+    solutions = {m["label"]: m["opts"] for m in SOLUTION.finditer(markdown)}
+    for label in labels:
+        if label not in solutions:
+            problems.append(f"exercise {label!r} has no solution")
+        elif not re.search(r"^:class:.*\bdropdown\b", solutions[label], re.M):
+            problems.append(f"the solution of {label!r} is not folded away: add ':class: dropdown'")
+
+    # 4. nothing from the network in the Markdown
+    if EXTERNAL_MD.search(markdown):
+        problems.append("a Markdown cell shows an image or script from an http(s) URL (Colab badges included): "
+                        "the book adds the Colab link itself; put images in the repository")
+    return problems
+
+
+def main(argv=None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    repo_url = yaml.safe_load(CONFIG.read_text())["repository"]["url"].rstrip("/")
+    paths = [Path(a) for a in args] if args else enabled_notebooks()
+    failed = 0
+    for path in paths:
+        problems = lint(path, repo_url)
+        failed += bool(problems)
+        for p in problems:
+            print(f"lint_chapters: {path.name}: {p}")
+    print(f"lint_chapters: {len(paths)} notebook(s), {failed} with problems" + (" -- FAILED" if failed else " -- ok"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
