@@ -109,10 +109,10 @@ DARK_JS = r"""
 
 SEARCH_JS = r"""
 (async () => {
-  for (let i = 0; i < 100; i++) {
-    const items = document.querySelectorAll('#search-results li, ul.search li');
+  for (let i = 0; i < 150; i++) {  // Sphinx writes "Search finished, found N page(s)..." when it is done
     const status = document.querySelector('#search-results .search-summary, #search-results p');
-    if (items.length || (status && /found|did not match/i.test(status.textContent))) return items.length;
+    const m = status && status.textContent.match(/found (\d+) page|did not match/i);
+    if (m) return m[1] ? parseInt(m[1]) : 0;
     await new Promise(r => setTimeout(r, 100));
   }
   return -1;
