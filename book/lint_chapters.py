@@ -27,8 +27,9 @@ BOOK = Path(__file__).resolve().parent
 TOC = BOOK / "_toc.yml"
 CONFIG = BOOK / "_config.yml"
 
-EXERCISE = re.compile(r"^```+\{exercise(?:-start)?\}[ \t]*(?P<title>[^\n]*)\n(?P<opts>(?::[^\n]*\n)*)", re.M)
-SOLUTION = re.compile(r"^```+\{solution(?:-start)?\}[ \t]*(?P<label>\S+)[^\n]*\n(?P<opts>(?::[^\n]*\n)*)", re.M)
+# Directives may be fenced with backticks or, with the colon_fence extension, with colons (:::{exercise}).
+EXERCISE = re.compile(r"^(?:```+|:::+)\{exercise(?:-start)?\}[ \t]*(?P<title>[^\n]*)\n(?P<opts>(?::[^\n:][^\n]*\n)*)", re.M)
+SOLUTION = re.compile(r"^(?:```+|:::+)\{solution(?:-start)?\}[ \t]*(?P<label>\S+)[^\n]*\n(?P<opts>(?::[^\n:][^\n]*\n)*)", re.M)
 LABEL = re.compile(r"^:label:\s*(\S+)", re.M)
 STARS = re.compile(r"^(★{1,3})(?!★)")
 HEADING2 = re.compile(r"^##\s+(.*)$", re.M)

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import nbformat
 
-START = re.compile(r"^```+\{solution-start\}", re.M)
-END = re.compile(r"^```+\{solution-end\}", re.M)
+# Directives may be fenced with backticks or, with the colon_fence extension, with colons (:::{solution}).
+START = re.compile(r"^(?:```+|:::+)\{solution-start\}", re.M)
+END = re.compile(r"^(?:```+|:::+)\{solution-end\}", re.M)
 
 
 def _drop_solution_blocks(src: str) -> tuple[str, int]:
     """Remove every ```{solution} ... ``` block from a Markdown source."""
-    pattern = re.compile(r"^(```+)\{solution\}.*?^\1[ \t]*$\n?", re.M | re.S)
+    pattern = re.compile(r"^(```+|:::+)\{solution\}.*?^\1[ \t]*$\n?", re.M | re.S)
     return pattern.sub("", src).strip(), len(pattern.findall(src))
 
 
