@@ -20,7 +20,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: widget bars cannot render in the static book
 
 from .balance import model_balance_loss
 from .evaluate import encode_examples

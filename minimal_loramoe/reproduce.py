@@ -1,0 +1,200 @@
+"""The whole forgetting experiment as one command: ``python -m minimal_loramoe.reproduce``.
+
+Starting from the shipped pretrained tiny LLaMA, every method of :mod:`minimal_loramoe.finetune` is fine-tuned on
+a growing SFT mix (knowledge questions, type 1, and downstream tasks, type 0) for several seeds, and evaluated on
+
+* knowledge: closed-book QA on the *held-out* countries (facts only their bios stated in pretraining), in the
+  pretraining format ``Q : ... A :`` and in the instruction format the SFT teaches;
+* downstream: exact-match accuracy on the four instruction tasks;
+* how far the base weights moved, and (LoRAMoE) the router weight on each expert group by sample type.
+
+Each method's learning rate comes from ``data/results/tuned_lr.json``, written by
+``python -m minimal_loramoe.tune`` (the same grid and the same selection rule for every method).
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .evaluate import answer_accuracy, task_accuracy
+from .finetune import METHODS, FinetuneConfig, finetune, weight_change
+from .model import load_pretrained
+from .routing import group_weight
+from .world import knowledge_eval, sft_dataset, task_eval
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "data" / "results"
+TUNED_LR_FILE = RESULTS_DIR / "tuned_lr.json"
+
+# sizes (number of SFT examples), seeds, and the number of task-eval examples per task, per scale
+SCALES = {
+    "tiny": dict(sft_sizes=[64, 128, 256], seeds=[0], n_per_task=20),  # smoke test only
+    "cpu": dict(sft_sizes=[1000, 4000, 16000], seeds=[0, 1, 2], n_per_task=100),
+    "gpu": dict(sft_sizes=[2000, 10000, 50000], seeds=[0, 1, 2, 3, 4], n_per_task=200),
+}
+KNOWLEDGE_FRACTION = 0.2  # share of world-knowledge questions (type 1) in every SFT mix, as in the paper's mixes
+
+
+def tuned_learning_rates(path=TUNED_LR_FILE) -> dict:
+    """``{method: lr}`` chosen by ``python -m minimal_loramoe.tune``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no tuned learning rates at {str(path)!r}; run `python -m minimal_loramoe.tune`")
+    return json.loads(path.read_text())["lr"]
+
+
+def make_evaluator(tokenizer, world, n_per_task: int):
+    """``evaluate(model) -> dict`` of every number the experiment reports for one checkpoint."""
+    k_qa = knowledge_eval(world, "heldout", "qa")
+    k_inst = knowledge_eval(world, "heldout", "instruction")
+    tasks = task_eval(world, n_per_task)
+
+    def evaluate(model) -> dict:
+        per_task = answer_accuracy(model, tokenizer, tasks, by_task=True)
+        return {"knowledge": answer_accuracy(model, tokenizer, k_qa),
+                "knowledge_instruction": answer_accuracy(model, tokenizer, k_inst),
+                "downstream": float(np.mean(list(per_task.values()))),
+                "downstream_by_task": per_task}
+
+    return evaluate
+
+
+def routing_set(world, n_per_task: int):
+    """A mixed set for router statistics: held-out knowledge questions (type 1) and task prompts (type 0)."""
+    from datasets import concatenate_datasets
+    return concatenate_datasets([knowledge_eval(world, "heldout", "instruction"), task_eval(world, n_per_task)])
+
+
+def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, checkpoint=None, device=None,
+                   progress: bool = True, **config_overrides) -> dict:
+    """Fine-tune every method for every seed once on ``max(sft_sizes)`` examples, evaluating after each size.
+
+    The learning rate is constant after warm-up and the data of size N is the first N examples of the largest
+    mix, so the evaluation after N examples is exactly what a separate run on N examples would give.
+    Returns the per-seed numbers: ``{method: {seed: {size: metrics}}}`` plus the pretrained model's metrics.
+    """
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"methods must be among {METHODS}, got {m!r}")
+        if m not in lrs:
+            raise ValueError(f"no learning rate given for method {m!r}")
+    base, tokenizer, world = load_pretrained(checkpoint or Path(__file__).resolve().parent.parent / "data" / "tiny_llama",
+                                             device=device)
+    evaluate = make_evaluator(tokenizer, world, n_per_task)
+    routing = routing_set(world, n_per_task)
+    out = {"pretrained": evaluate(base), "runs": {}}
+    sizes = sorted(sft_sizes)
+    for seed in seeds:
+        data = sft_dataset(world, sizes[-1], knowledge_fraction=KNOWLEDGE_FRACTION, seed=seed)
+        for method in methods:
+            cfg = FinetuneConfig(method=method, lr=lrs[method], seed=seed, **config_overrides)
+            t0 = time.time()
+            model, hist = finetune(base, tokenizer, data, cfg, eval_every=sizes,
+                                   eval_fn=lambda m, n: evaluate(m), device=device, progress=progress)
+            evals = hist["evals"]
+            final = evals[sizes[-1]]
+            final["weight_change"] = weight_change(base, model)
+            if method.startswith("loramoe"):
+                final["router_group_weight"] = group_weight(model, tokenizer, routing)
+            out["runs"].setdefault(method, {})[seed] = evals
+            if progress:
+                print(f"seed {seed} {method:<24} lr {cfg.lr:.0e}  knowledge {final['knowledge']:.3f}  "
+                      f"downstream {final['downstream']:.3f}  ({time.time() - t0:.0f} s)", flush=True)
+    return out
+
+
+def summarize(raw: dict, sft_sizes, seeds, lrs) -> dict:
+    """Means and standard deviations over seeds, in the JSON schema documented in the README."""
+    sizes = sorted(sft_sizes)
+    res = {"sft_sizes": sizes, "seeds": list(seeds), "lr": {m: lrs[m] for m in raw["runs"]}}
+    for key in ("knowledge", "knowledge_instruction", "downstream"):
+        res[key] = {"pretrained": raw["pretrained"][key]}
+        res[key + "_std"] = {}
+    res["downstream_by_task"] = {"pretrained": raw["pretrained"]["downstream_by_task"]}
+    res["weight_change"], res["router_group_weight"], res["per_seed"] = {}, {}, {}
+    for method, by_seed in raw["runs"].items():
+        for key in ("knowledge", "knowledge_instruction", "downstream"):
+            arr = np.array([[by_seed[s][n][key] for n in sizes] for s in seeds])  # (seeds, sizes)
+            res[key][method] = arr.mean(0).round(4).tolist()
+            res[key + "_std"][method] = arr.std(0).round(4).tolist()
+            res["per_seed"].setdefault(method, {})[key] = arr.round(4).tolist()
+        finals = [by_seed[s][sizes[-1]] for s in seeds]
+        res["downstream_by_task"][method] = {t: round(float(np.mean([f["downstream_by_task"][t] for f in finals])), 4)
+                                             for t in finals[0]["downstream_by_task"]}
+        res["weight_change"][method] = round(float(np.mean([f["weight_change"] for f in finals])), 4)
+        if "router_group_weight" in finals[0]:
+            res["router_group_weight"][method] = {
+                k: round(float(np.mean([f["router_group_weight"][k] for f in finals])), 4)
+                for k in ("knowledge_samples", "task_samples")}
+    return res
+
+
+def format_table(res: dict) -> str:
+    """A plain-text table: knowledge and downstream accuracy per method and SFT size (mean ± std over seeds)."""
+    sizes = res["sft_sizes"]
+    head = f"{'method':<24}{'lr':>8}" + "".join(f"{'know@' + str(n):>16}" for n in sizes) + \
+        f"{'tasks@' + str(sizes[-1]):>16}{'know(instr)':>13}"
+    lines = [head, "-" * len(head),
+             f"{'pretrained':<24}{'':>8}" + f"{res['knowledge']['pretrained']:>16.3f}" + " " * 16 * (len(sizes) - 1) +
+             f"{res['downstream']['pretrained']:>16.3f}{res['knowledge_instruction']['pretrained']:>13.3f}"]
+    for m in res["lr"]:
+        k, ks = res["knowledge"][m], res["knowledge_std"][m]
+        d, ds = res["downstream"][m], res["downstream_std"][m]
+        lines.append(f"{m:<24}{res['lr'][m]:>8.0e}" + "".join(f"{a:>10.3f} ±{s:.3f}" for a, s in zip(k, ks)) +
+                     f"{d[-1]:>10.3f} ±{ds[-1]:.3f}{res['knowledge_instruction'][m][-1]:>13.3f}")
+    return "\n".join(lines)
+
+
+def plot_results(res: dict, path=None):
+    """Knowledge and downstream accuracy against SFT size, one line per method (error bars: std over seeds)."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), facecolor="white")
+    for ax, key, title in ((axes[0], "knowledge", "world knowledge (held-out closed-book QA)"),
+                           (axes[1], "downstream", "downstream tasks")):
+        for m in res["lr"]:
+            ax.errorbar(res["sft_sizes"], res[key][m], yerr=res[key + "_std"][m], marker="o", capsize=3, label=m)
+        ax.axhline(res[key]["pretrained"], color="black", ls="--", lw=1, label="pretrained")
+        ax.set(xscale="log", xlabel="SFT examples", ylabel="exact-match accuracy", title=title, ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=120, facecolor="white")
+    return fig
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.reproduce")
+    p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="experiment size (default: cpu)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, help="override the scale's seeds")
+    p.add_argument("--json", help="write the numbers to this JSON file")
+    p.add_argument("--figure", default="forgetting.png", help="where to save the figure (default: forgetting.png)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    scale = SCALES[args.scale]
+    seeds = args.seeds or scale["seeds"]
+    lrs = tuned_learning_rates()
+    t0 = time.time()
+    raw = run_experiment(scale["sft_sizes"], seeds, args.methods, lrs, scale["n_per_task"], device=args.device)
+    res = summarize(raw, scale["sft_sizes"], seeds, lrs)
+    res["scale"], res["seconds"] = args.scale, round(time.time() - t0, 1)
+    print(format_table(res))
+    print("router weight on the knowledge group (experts n < E/2), by sample type:")
+    for m, g in res["router_group_weight"].items():
+        print(f"  {m:<24} knowledge samples {g['knowledge_samples']:.3f}   task samples {g['task_samples']:.3f}")
+    plot_results(res, args.figure)
+    print(f"figure saved to {args.figure}; total {res['seconds']:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+        print(f"numbers written to {args.json}")
+    return res
+
+
+if __name__ == "__main__":
+    main()

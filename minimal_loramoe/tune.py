@@ -1,0 +1,66 @@
+"""Tune every method's learning rate on the same grid with the same rule: ``python -m minimal_loramoe.tune``.
+
+A comparison is only fair if every method gets its best learning rate (the CPU prototype found that a LoRA at a
+lower learning rate matched an untuned LoRAMoE). Rule, the same for all methods: at the largest SFT size of the
+CPU scale, take the learning rate with the best held-out knowledge among those whose downstream accuracy is at
+least ``MIN_DOWNSTREAM`` (mean over the tuning seeds); if none reaches it, the one with the best downstream
+accuracy. Tuning seeds are separate from the seeds ``reproduce`` reports.
+The result goes to ``data/results/tuned_lr.json`` together with every grid point, so the choice can be checked.
+"""
+import argparse
+import json
+import time
+
+import numpy as np
+
+from .finetune import METHODS
+from .reproduce import SCALES, TUNED_LR_FILE, run_experiment
+
+LR_GRID = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3)
+MIN_DOWNSTREAM = 0.98
+TUNING_SEEDS = (100,)
+
+
+def select(grid: dict) -> float:
+    """Apply the rule to ``{lr: (knowledge, downstream)}``."""
+    ok = {lr: kd for lr, kd in grid.items() if kd[1] >= MIN_DOWNSTREAM}
+    if ok:
+        return max(ok, key=lambda lr: ok[lr][0])
+    return max(grid, key=lambda lr: grid[lr][1])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.tune")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--grid", nargs="+", type=float, default=list(LR_GRID))
+    p.add_argument("--seeds", nargs="+", type=int, default=list(TUNING_SEEDS))
+    p.add_argument("--out", default=str(TUNED_LR_FILE))
+    args = p.parse_args(argv)
+    size = SCALES["cpu"]["sft_sizes"][-1]
+    n_per_task = SCALES["cpu"]["n_per_task"]
+    table, chosen = {}, {}
+    t0 = time.time()
+    for method in args.methods:
+        table[method] = {}
+        for lr in args.grid:
+            raw = run_experiment([size], args.seeds, [method], {method: lr}, n_per_task, progress=False)
+            finals = [raw["runs"][method][s][size] for s in args.seeds]
+            k = float(np.mean([f["knowledge"] for f in finals]))
+            d = float(np.mean([f["downstream"] for f in finals]))
+            table[method][lr] = (k, d)
+            print(f"{method:<24} lr {lr:.0e}  knowledge {k:.3f}  downstream {d:.3f}   ({time.time() - t0:.0f} s)",
+                  flush=True)
+        chosen[method] = select(table[method])
+        print(f"--> {method}: lr {chosen[method]:.0e}", flush=True)
+    out = {"rule": f"best held-out knowledge among lrs with downstream >= {MIN_DOWNSTREAM} at {size} SFT examples "
+                   f"(else best downstream); seeds {args.seeds}",
+           "lr": chosen,
+           "grid": {m: {f"{lr:g}": {"knowledge": round(k, 4), "downstream": round(d, 4)}
+                        for lr, (k, d) in g.items()} for m, g in table.items()}}
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
