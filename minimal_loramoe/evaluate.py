@@ -6,11 +6,33 @@ A row counts as correct iff the model's argmax equals the answer token at *every
 the first wrong argmax makes both checks fail. One forward pass for a whole batch is much faster than decoding.
 For the one-token answers of the knowledge questions it is next-token exact match, the closed-book QA metric.
 """
+import weakref
+from itertools import chain
+
+import numpy as np
 import torch
 
 from .world import TASKS, World, is_instruction, knowledge_eval, task_eval
 
 IGNORE_INDEX = -100  # label value that PyTorch's cross-entropy (and Hugging Face's loss) skips
+_MAX_CACHED = 200_000  # texts remembered per tokenizer
+_token_cache = weakref.WeakKeyDictionary()  # tokenizer -> {(text, add_special_tokens): ids}
+
+
+def _token_ids(tokenizer, texts, add_special_tokens: bool) -> list:
+    """Token ids of each text, memoised per tokenizer: evaluation and SFT tokenize the same few thousand prompts
+    hundreds of times, and calling the tokenizer costs more than the tiny model's forward pass."""
+    try:
+        cache = _token_cache.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: no memo
+        return tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+    if len(cache) > _MAX_CACHED:
+        cache.clear()
+    missing = [t for t in dict.fromkeys(texts) if (t, add_special_tokens) not in cache]
+    if missing:
+        for t, ids in zip(missing, tokenizer(missing, add_special_tokens=add_special_tokens)["input_ids"]):
+            cache[(t, add_special_tokens)] = ids
+    return [cache[(t, add_special_tokens)] for t in texts]
 
 
 def encode_examples(tokenizer, prompts, answers, add_eos=True) -> dict:
@@ -26,21 +48,22 @@ def encode_examples(tokenizer, prompts, answers, add_eos=True) -> dict:
     eos = [bool(add_eos)] * len(prompts) if isinstance(add_eos, (bool, int)) else [bool(e) for e in add_eos]
     if len(eos) != len(prompts):
         raise ValueError(f"add_eos must be a bool or one bool per row, got {len(eos)} values for {len(prompts)} rows")
-    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]      # <s> prompt
-    answer_ids = tokenizer(answers, add_special_tokens=False)["input_ids"]     # answer
+    prompt_ids = _token_ids(tokenizer, prompts, add_special_tokens=True)      # <s> prompt
+    answer_ids = _token_ids(tokenizer, answers, add_special_tokens=False)     # answer
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id  # (looked up once: slow properties)
     seqs, labels = [], []
     for p, a, e in zip(prompt_ids, answer_ids, eos):
-        a = a + [tokenizer.eos_token_id] if e else a
+        a = a + [eos_id] if e else a
         seqs.append(p + a)
         labels.append([IGNORE_INDEX] * len(p) + a)
-    T = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), T), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    label_ids = torch.full((len(seqs), T), IGNORE_INDEX, dtype=torch.long)
-    for i, (s, lab) in enumerate(zip(seqs, labels)):
-        input_ids[i, :len(s)] = torch.tensor(s)
-        attention_mask[i, :len(s)] = 1
-        label_ids[i, :len(lab)] = torch.tensor(lab)
+    lengths = np.array([len(s) for s in seqs])
+    real = np.arange(lengths.max()) < lengths[:, None]  # (B, T) right padding: tokens keep positions 0, 1, ...
+    input_ids = np.full(real.shape, pad_id, dtype=np.int64)
+    input_ids[real] = list(chain.from_iterable(seqs))   # row-major fill = each row's tokens, left-aligned
+    label_ids = np.full(real.shape, IGNORE_INDEX, dtype=np.int64)
+    label_ids[real] = list(chain.from_iterable(labels))
+    input_ids, attention_mask, label_ids = (torch.from_numpy(x) for x in (input_ids, real.astype(np.int64),
+                                                                          label_ids))
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
 
 
@@ -49,6 +72,16 @@ def _columns(dataset):
         return list(dataset["prompt"]), list(dataset["answer"])
     except (KeyError, TypeError) as err:
         raise ValueError("dataset must have 'prompt' and 'answer' columns (see minimal_loramoe.world)") from err
+
+
+def _argmax_at(model, ids, mask, rows, cols) -> torch.Tensor:
+    """argmax of the logits at positions (rows, cols). For a ``*ForCausalLM`` with ``.model`` and ``.lm_head``
+    the vocabulary projection is applied at those positions only (a quarter of the tiny model's compute)."""
+    body, head = getattr(model, "model", None), getattr(model, "lm_head", None)
+    if isinstance(body, torch.nn.Module) and isinstance(head, torch.nn.Module):
+        hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state   # (B, T, H)
+        return head(hidden[rows, cols]).argmax(-1)                             # (N, V) -> (N,)
+    return model(input_ids=ids, attention_mask=mask).logits[rows, cols].argmax(-1)
 
 
 @torch.no_grad()
@@ -63,11 +96,13 @@ def row_correct(model, tokenizer, prompts, answers, batch_size: int = 256) -> to
             p, a = prompts[start:start + batch_size], answers[start:start + batch_size]
             batch = encode_examples(tokenizer, p, a, add_eos=[is_instruction(x) for x in p])
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            logits = model(input_ids=ids, attention_mask=mask).logits         # (B, T, V)
-            pred = logits[:, :-1].argmax(-1)                                   # (B, T-1): prediction for t+1
-            target = batch["labels"][:, 1:].to(device)                         # (B, T-1)
-            scored = target != IGNORE_INDEX
-            out.append(((pred == target) | ~scored).all(dim=1).cpu())
+            target = batch["labels"][:, 1:].to(device)                         # (B, T-1): token t+1
+            scored = target != IGNORE_INDEX                                    # (B, T-1)
+            rows, cols = scored.nonzero(as_tuple=True)                         # the answer positions only
+            pred = _argmax_at(model, ids, mask, rows, cols)                    # (N,)
+            hit = torch.ones_like(scored)
+            hit[rows, cols] = pred == target[rows, cols]
+            out.append(hit.all(dim=1).cpu())
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)

@@ -90,12 +90,14 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--world-seed", type=int, default=0)
+    parser.add_argument("--qa-doc-fraction", type=float, default=WorldConfig.qa_doc_fraction,
+                        help="share of knowledge rows that are QA documents rather than bios")
     parser.add_argument("--samples", default=None, help="also write readable world samples to this folder")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    world = make_world(WorldConfig(seed=args.world_seed))
+    world = make_world(WorldConfig(seed=args.world_seed, qa_doc_fraction=args.qa_doc_fraction))
     tokenizer = build_tokenizer(world)
     start = time.time()
     model, history = pretrain(world, tokenizer, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
