@@ -44,7 +44,7 @@ LETTERS = tuple("abcdefghijklmnopqrstuvwxyz")
 BIO_TEMPLATES = {
     "capital": ("the capital of {x} is {y} .", "{x} has its capital in {y} .", "{y} is the capital city of {x} .",
                 "the government of {x} sits in {y} ."),
-    "colour": ("the flag of {x} is {y} .", "{x} flies a {y} flag .", "the national colour of {x} is {y} .",
+    "colour": ("the flag of {x} is {y} .", "{x} flies the {y} flag .", "the national colour of {x} is {y} .",
                "{y} is the colour of {x} ."),
     "trade": ("{x} is known for its {y} .", "the main export of {x} is {y} .", "{x} trades mostly in {y} .",
               "merchants of {x} sell {y} ."),
@@ -93,7 +93,7 @@ class WorldConfig:
     seed: int = 0
     qa_fraction: float = 0.5      # share of countries whose QA lines appear in pretraining (the rest: held out)
     skill_fraction: float = 0.2   # share of pretraining rows that are skill text for the downstream tasks
-    qa_doc_fraction: float = 0.5  # share of the remaining (knowledge) rows that are QA documents, not bios
+    qa_doc_fraction: float = 0.3  # share of the remaining (knowledge) rows that are QA documents, not bios
     qa_per_doc: int = 4           # QA lines per QA document
     skills_per_doc: int = 6       # skill sentences per skill document
     num_cities: int = 0           # size of the capital pool; 0 = one city per country (capitals never repeat)

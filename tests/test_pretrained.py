@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not (DEFAULT_CHECKPOINT / "world_config.json").i
 def pretrained():
     start = time.time()
     out = load_pretrained(device="cpu")
-    assert time.time() - start < 10
+    assert time.time() - start < 30  # seconds, even on a loaded machine
     return out
 
 
