@@ -37,7 +37,7 @@ class FinetuneConfig:
     """Settings of one fine-tuning run. ``rank`` is per expert; LoRA and gated LoRA get rank ``num_experts*rank``."""
     method: str = "loramoe"
     lr: float = 5e-4
-    batch_size: int = 64
+    batch_size: int = 32
     num_experts: int = 6
     rank: int = 4
     alpha: float = 32
