@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -63,7 +64,7 @@ class BenchConfig:
 
 
 QUICK = dict(shapes=[("quick 576->1536", 576, 1536, 512)], experts=((8, 4),), repeats=3, warmup=1, min_time=0.02,
-             model_batch=(16, 24), memory="goal")
+             model_batch=(16, 24), memory="goal", threads=1)
 MEMORY_SCOPES = ("all", "goal", "none")
 
 
@@ -264,6 +265,13 @@ def _rss_kib(field_name):
     return int(re.search(rf"{field_name}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
+def peak_memories(specs: dict, cfg: BenchConfig) -> dict:
+    """``{name: peak_memory(spec)}``, two processes at a time (each measures only its own RSS, so they do not
+    disturb each other's numbers; most of their time is spent importing torch and transformers)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(specs, pool.map(lambda spec: peak_memory(spec, cfg), specs.values())))
+
+
 def peak_memory(spec: dict, cfg: BenchConfig) -> float | None:
     """Peak memory (MiB) of one training step of ``spec``, measured in a fresh process; None where not Linux."""
     if not Path("/proc/self/clear_refs").exists():
@@ -360,13 +368,12 @@ def run(cfg: BenchConfig, save_partial=None) -> dict:
                 ref = rows[row["reference"]]["times_ms"]
                 row["adapter_ratio"] = statistics.median(
                     (t - b) / (rf - b) for t, b, rf in zip(row["times_ms"], t_base, ref))
-        if cfg.memory == "all":
-            for name, row in rows.items():
-                if name.startswith(("fused", "torch.compile")):
-                    continue  # the options: same parameters as LoRAMoE, only timed
-                spec = dict(kind="layer", name=name, d_in=d_in, d_out=d_out, tokens=tokens, experts=cfg.experts,
-                            threads=cfg.threads)
-                row["peak_mib"] = peak_memory(spec, cfg)
+        if cfg.memory == "all":  # the options have LoRAMoE's parameters and are only timed
+            specs = {name: dict(kind="layer", name=name, d_in=d_in, d_out=d_out, tokens=tokens,
+                                experts=cfg.experts, threads=cfg.threads)
+                     for name in rows if not name.startswith(("fused", "torch.compile"))}
+            for name, peak in peak_memories(specs, cfg).items():
+                rows[name]["peak_mib"] = peak
             for row in rows.values():
                 ref = row["reference"]
                 if row.get("peak_mib") is not None and ref and rows[ref].get("peak_mib"):
@@ -381,9 +388,11 @@ def run(cfg: BenchConfig, save_partial=None) -> dict:
     n_tokens = cfg.model_batch[0] * cfg.model_batch[1]
     for name, row in rows.items():
         row["tokens_per_s"] = n_tokens / (row["ms"] / 1e3)
-        if cfg.memory == "all" or (cfg.memory == "goal" and name in ("LoRA", "LoRAMoE")):
-            spec = dict(kind="model", name=name, batch=cfg.model_batch, experts=cfg.model_experts, threads=cfg.threads)
-            row["peak_mib"] = peak_memory(spec, cfg)
+    measured = {"all": MODEL_CONFIGS, "goal": ("LoRA", "LoRAMoE"), "none": ()}[cfg.memory]
+    specs = {name: dict(kind="model", name=name, batch=cfg.model_batch, experts=cfg.model_experts,
+                        threads=cfg.threads) for name in measured}
+    for name, peak in peak_memories(specs, cfg).items():
+        rows[name]["peak_mib"] = peak
     for row in rows.values():
         if row.get("peak_mib") is not None and rows["LoRA"].get("peak_mib"):
             row["peak_ratio"] = row["peak_mib"] / rows["LoRA"]["peak_mib"]
@@ -409,7 +418,10 @@ def check_goals(results: dict, cfg: BenchConfig) -> dict:
 
 def machine_info() -> dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor(),
+    cpuinfo = Path("/proc/cpuinfo")
+    names = re.findall(r"model name\s*:\s*(.*)", cpuinfo.read_text()) if cpuinfo.exists() else []
+    return {"torch": torch.__version__, "python": platform.python_version(),
+            "cpu": names[0] if names else platform.processor(),
             "cpu_count": os.cpu_count(), "loadavg_at_start": load, "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                          time.gmtime())}
 
@@ -470,20 +482,28 @@ def plot(results: dict, path) -> None:
     ax.axvline(1.15, color="r", lw=0.8, ls="--", label="goal for LoRAMoE: 1.15")
     ax.set_xlabel("forward + backward time / LoRA of rank E*r (median of repeats)")
     ax.set_title("one FFN linear")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper right")
 
     ax = axes[1]
     rows = results["model"]["rows"]
-    ax.barh(list(rows), [r["tokens_per_s"] for r in rows.values()], color="tab:green")
+    speed = [1 / r["ratio"] for r in rows.values()]  # LoRA time / time: throughput relative to LoRA
+    bars = ax.barh(list(rows), speed, color="tab:green")
+    ax.bar_label(bars, labels=[f"{s:.2f}  ({r['tokens_per_s']:.0f} tok/s)" for s, r in zip(speed, rows.values())],
+                 fontsize=7, padding=2)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xlim(0, max(speed) * 1.6)
     ax.invert_yaxis()
-    ax.set_xlabel("training tokens / s")
+    ax.set_xlabel("training throughput / LoRA's (median of repeats)")
     ax.set_title("tiny LLaMA, whole training step")
     ax.tick_params(axis="y", labelsize=8)
 
     ax = axes[2]
-    mem = {n: r.get("peak_mib") for n, r in rows.items() if r.get("peak_mib") is not None}
+    mem = {n: r for n, r in rows.items() if r.get("peak_mib") is not None}
     if mem:
-        ax.barh(list(mem), list(mem.values()), color="tab:purple")
+        bars = ax.barh(list(mem), [r["peak_mib"] for r in mem.values()], color="tab:purple")
+        ax.bar_label(bars, labels=[f"{r['peak_mib']:.1f} MiB ({fmt(r.get('peak_ratio'))}x)" for r in mem.values()],
+                     fontsize=7, padding=2)
+        ax.set_xlim(0, max(r["peak_mib"] for r in mem.values()) * 1.5)
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=8)
     ax.set_xlabel("peak memory of one training step (MiB)")
@@ -501,7 +521,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, few repeats: a smoke test (< 1 min)")
     parser.add_argument("--repeats", type=int, help="timed repeats per configuration (default 9, quick 3)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch threads (default 2; quick: 1, because two OpenMP threads "
+                        "on a loaded machine can make small steps many times slower, and quick is only a smoke test)")
     parser.add_argument("--memory", choices=MEMORY_SCOPES, help="which peak memories to measure, each in a fresh "
                         "process (default all; quick: goal = the tiny LLaMA's LoRA and LoRAMoE only)")
     parser.add_argument("--no-options", action="store_true", help="skip the alternative fused forwards")
@@ -513,10 +534,12 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.memory_child:
         return _memory_child(json.loads(args.memory_child))
-    if args.threads < 1:
+    if args.threads is not None and args.threads < 1:
         raise ValueError(f"threads must be >= 1, got {args.threads}")
     cfg = BenchConfig(**(QUICK if args.quick else {}))
-    cfg.threads, cfg.options, cfg.compile = args.threads, not args.no_options, args.compile
+    cfg.options, cfg.compile = not args.no_options, args.compile
+    if args.threads is not None:
+        cfg.threads = args.threads
     if args.memory:
         cfg.memory = args.memory
     if args.repeats is not None:
@@ -530,6 +553,7 @@ def main(argv=None) -> dict:
     t0 = time.time()
     results = run(cfg, save_partial)
     results["wall_s"] = time.time() - t0
+    results["machine"]["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     text = table(results)
     print(text)
     if out:
