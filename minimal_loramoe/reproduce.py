@@ -35,6 +35,10 @@ SCALES = {
     "gpu": dict(sft_sizes=[2000, 10000, 50000], seeds=[0, 1, 2, 3, 4], n_per_task=200),
 }
 KNOWLEDGE_FRACTION = 0.2  # share of world-knowledge questions (type 1) in every SFT mix, as in the paper's mixes
+# Extra runs reported beside the tuned methods: label -> (method, factor on that method's tuned learning rate).
+# Full fine-tuning's knowledge is very sensitive to its learning rate; twice the tuned one shows how much.
+EXTRA_RUNS = {"full_ft_2x_lr": ("full_ft", 2.0)}
+RUN_LABELS = METHODS + tuple(EXTRA_RUNS)
 
 
 def tuned_learning_rates(path=TUNED_LR_FILE) -> dict:
@@ -42,7 +46,11 @@ def tuned_learning_rates(path=TUNED_LR_FILE) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no tuned learning rates at {str(path)!r}; run `python -m minimal_loramoe.tune`")
-    return json.loads(path.read_text())["lr"]
+    lrs = json.loads(path.read_text())["lr"]
+    for label, (method, factor) in EXTRA_RUNS.items():
+        if method in lrs:
+            lrs[label] = lrs[method] * factor
+    return lrs
 
 
 def make_evaluator(tokenizer, world, n_per_task: int):
@@ -76,8 +84,8 @@ def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, 
     Returns the per-seed numbers: ``{method: {seed: {size: metrics}}}`` plus the pretrained model's metrics.
     """
     for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"methods must be among {METHODS}, got {m!r}")
+        if m not in RUN_LABELS:
+            raise ValueError(f"methods must be among {RUN_LABELS}, got {m!r}")
         if m not in lrs:
             raise ValueError(f"no learning rate given for method {m!r}")
     base, tokenizer, world = load_pretrained(checkpoint or Path(__file__).resolve().parent.parent / "data" / "tiny_llama",
@@ -89,7 +97,8 @@ def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, 
     for seed in seeds:
         data = sft_dataset(world, sizes[-1], knowledge_fraction=KNOWLEDGE_FRACTION, seed=seed)
         for method in methods:
-            cfg = FinetuneConfig(method=method, lr=lrs[method], seed=seed, **config_overrides)
+            cfg = FinetuneConfig(method=EXTRA_RUNS.get(method, (method,))[0], lr=lrs[method], seed=seed,
+                                 **config_overrides)
             t0 = time.time()
             model, hist = finetune(base, tokenizer, data, cfg, eval_every=sizes,
                                    eval_fn=lambda m, n: evaluate(m), device=device, progress=progress)
@@ -168,7 +177,7 @@ def plot_results(res: dict, path=None):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.reproduce")
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="experiment size (default: cpu)")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--methods", nargs="+", choices=RUN_LABELS, default=list(RUN_LABELS))
     p.add_argument("--seeds", nargs="+", type=int, help="override the scale's seeds")
     p.add_argument("--json", help="write the numbers to this JSON file")
     p.add_argument("--figure", default="forgetting.png", help="where to save the figure (default: forgetting.png)")

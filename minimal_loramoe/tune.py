@@ -17,7 +17,7 @@ import torch
 
 from .reproduce import SCALES, TUNED_LR_FILE, run_experiment
 
-LR_GRID = (5e-4, 1e-3, 2e-3, 5e-3)
+LR_GRID = (2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
 # The two balancing-loss ablations share the learning rate of the recommended LoRAMoE, so that they differ from
 # it in exactly one thing (the loss term); every other method is tuned on its own.
 TUNED_METHODS = ("full_ft", "lora", "gated_lora", "loramoe", "loramoe_uniform_router")
@@ -46,11 +46,16 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     size = SCALES["cpu"]["sft_sizes"][-1]
     n_per_task = SCALES["cpu"]["n_per_task"]
+    # Grid points from an earlier run of this command are kept, so the grid can be extended (or methods tuned
+    # in separate processes) without re-running what is already measured.
+    old = json.load(open(args.out)) if os.path.isfile(args.out) else {"lr": {}, "grid": {}}
     table, chosen = {}, {}
     t0 = time.time()
     for method in args.methods:
-        table[method] = {}
+        table[method] = {float(lr): (v["knowledge"], v["downstream"]) for lr, v in old["grid"].get(method, {}).items()}
         for lr in args.grid:
+            if lr in table[method]:
+                continue
             raw = run_experiment([size], args.seeds, [method], {method: lr}, n_per_task, progress=False)
             finals = [raw["runs"][method][s][size] for s in args.seeds]
             k = float(np.mean([f["knowledge"] for f in finals]))
@@ -60,14 +65,13 @@ def main(argv=None):
                   flush=True)
         chosen[method] = select(table[method])
         print(f"--> {method}: lr {chosen[method]:.0e}", flush=True)
-    # Merge with an earlier (partial) tuning file, so methods can be tuned in separate processes.
-    old = json.load(open(args.out)) if os.path.isfile(args.out) else {"lr": {}, "grid": {}}
+    old = json.load(open(args.out)) if os.path.isfile(args.out) else old  # re-read: a parallel run may have written
     chosen = {**old["lr"], **chosen}
     for m, shared in SHARES_LR_OF.items():
         if shared in chosen:
             chosen[m] = chosen[shared]
     grid = {**old["grid"], **{m: {f"{lr:g}": {"knowledge": round(k, 4), "downstream": round(d, 4)}
-                                  for lr, (k, d) in g.items()} for m, g in table.items()}}
+                                  for lr, (k, d) in sorted(g.items())} for m, g in table.items()}}
     out = {"rule": f"best held-out knowledge among lrs with downstream >= {MIN_DOWNSTREAM} at {size} SFT examples "
                    f"(else best downstream); seeds {args.seeds}",
            "shares_lr_of": SHARES_LR_OF, "lr": chosen, "grid": grid}
