@@ -112,16 +112,26 @@ def load_smollm2(source: str = "auto", cache_dir=None, device=None):
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if source == "auto":
         source = "cache" if _is_cached(folder) else "gguf" if gguf_path() is not None else "hub"
-    if source == "cache":
-        if not _is_cached(folder):
-            raise FileNotFoundError(f"no cached model in {str(folder)!r}; load once with source='gguf' first")
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    elif source == "gguf":
-        model, tokenizer = _load_gguf_and_cache(folder)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(HUB_NAME)
-        model = AutoModelForCausalLM.from_pretrained(HUB_NAME, dtype=torch.float32)
+    if source == "cache" and not _is_cached(folder):
+        raise FileNotFoundError(f"no cached model in {str(folder)!r}; load once with source='gguf' first")
+    # Transformers draws its loading bars with tqdm.auto: in a notebook they become widgets, which a static
+    # page cannot show. Switch them off while loading, and restore the setting afterwards.
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        if source == "cache":
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        elif source == "gguf":
+            model, tokenizer = _load_gguf_and_cache(folder)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(HUB_NAME)
+            model = AutoModelForCausalLM.from_pretrained(HUB_NAME, dtype=torch.float32)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
