@@ -7,7 +7,6 @@ FFN 256, 4 heads, tied input/output embeddings. About 0.45 M parameters, so one 
 import os
 from pathlib import Path
 
-import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .utils import get_device
@@ -54,7 +53,7 @@ def load_pretrained(path=DEFAULT_CHECKPOINT, device=None):
     path = _resolve_checkpoint(path)
     world = world_from_json(path / WORLD_CONFIG_FILE)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
-    model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).to(get_device(device))
+    model = LlamaForCausalLM.from_pretrained(path).float().to(get_device(device))  # float32 everywhere
     model.eval()
     return model, tokenizer, world
 

@@ -67,7 +67,8 @@ def pretrain(world: World, tokenizer, steps: int = 600, batch_size: int = 64, lr
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
-        batch = {k: v.to(device) for k, v in encode_documents(tokenizer, pretraining_batch(world, batch_size, rng)).items()}
+        docs = pretraining_batch(world, batch_size, rng)  # fresh documents every step: no epochs
+        batch = {k: v.to(device) for k, v in encode_documents(tokenizer, docs).items()}
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
