@@ -17,8 +17,10 @@ in an order rotated from repeat to repeat, so that load from other processes hit
 time is reported as a ratio to the LoRA-of-rank-E*r time *of the same repeat*, and the median over the repeats
 is what the table shows.
 
-    python benchmarks/bench.py            # full run, ~5-10 min; writes benchmarks/results/ and the book's plot
-    python benchmarks/bench.py --quick    # smoke run, < 1 min, small shapes, writes nothing unless --out is given
+    python benchmarks/bench.py            # full run: about 10 min on an idle 2-core CPU, 30 min on a loaded one;
+                                          # writes benchmarks/results/ and the book's plot
+    python benchmarks/bench.py --quick    # smoke run: small shapes, 1 thread, about 40 s of CPU time;
+                                          # writes nothing unless --out / --plot are given
 """
 import argparse
 import json
