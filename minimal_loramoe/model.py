@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from .utils import get_device
 from .world import World, save_world_config, world_from_json
@@ -53,7 +54,14 @@ def load_pretrained(path=DEFAULT_CHECKPOINT, device=None):
     path = _resolve_checkpoint(path)
     world = world_from_json(path / WORLD_CONFIG_FILE)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
-    model = LlamaForCausalLM.from_pretrained(path).float().to(get_device(device))  # float32 everywhere
+    # The checkpoint loads in milliseconds: transformers' "Loading weights" bar would only add noise to outputs.
+    was_disabled = not hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = LlamaForCausalLM.from_pretrained(path).float().to(get_device(device))  # float32 everywhere
+    finally:
+        if not was_disabled:
+            hf_logging.enable_progress_bar()
     model.eval()
     return model, tokenizer, world
 
