@@ -7,7 +7,7 @@ For each notebook that book/_toc.yml enables (or each notebook given on the comm
   compares the outputs; the book renders the saved ones, so they must come from one clean run.)
 - its first code cell works on Colab: it installs the package from the repository named in _config.yml when
   ``google.colab`` is imported, and picks the device with ``get_device()``;
-- it ends with exercises: the last ``##`` section is about exercises, there are at least two, their titles
+- it ends with exercises: the last ``##`` section (or the one before a closing ``## Summary``) is about exercises, there are at least two, their titles
   carry a difficulty (★, ★★ or ★★★) with at least two different levels, and every exercise has a solution
   folded away with ``:class: dropdown``;
 - it loads nothing from the network when rendered: no ipywidgets outputs (use ``from tqdm import tqdm``, not
@@ -98,8 +98,11 @@ def lint(path: Path, repo_url: str) -> list[str]:
     # 3. ends with graded exercises, solutions folded away
     markdown = "\n\n".join(_source(c) for c in cells if c["cell_type"] == "markdown")
     headings = HEADING2.findall(markdown)
-    if not headings or "exercise" not in headings[-1].lower():
-        problems.append(f"the last '## ' section must be the exercises (last one is {headings[-1] if headings else None!r})")
+    # The chapter ends with its exercises, optionally followed by a short summary.
+    tail = headings[-2:] if headings and "summary" in headings[-1].lower() else headings[-1:]
+    if not tail or "exercise" not in tail[0].lower():
+        problems.append(f"the exercises must be the last '## ' section, or the one before a closing '## Summary' "
+                        f"(sections end with {headings[-2:]!r})")
     exercises = list(EXERCISE.finditer(markdown))
     labels = [LABEL.search(m["opts"]).group(1) for m in exercises if LABEL.search(m["opts"])]
     if len(exercises) < 2:
