@@ -60,6 +60,30 @@ def _source(cell) -> str:
     return "".join(src) if isinstance(src, list) else src
 
 
+LIST_EXERCISE = re.compile(r"^\s*(?:\d+\.|[-*])\s+(★{1,3})(?!★)", re.M)
+HIDDEN_TAGS = {"hide-input", "hide-cell"}
+
+
+def _lint_hidden_solutions(cells) -> list[str]:
+    """Exercises as a starred list under '## Exercises', each solved in a code cell the book folds away
+    (tag ``hide-input`` or ``hide-cell``; nbval still runs it)."""
+    start = next((i for i, c in enumerate(cells) if c["cell_type"] == "markdown"
+                  and re.search(r"^##\s+Exercises", _source(c), re.M)), None)
+    if start is None:
+        return ["no exercises: use the {exercise} directive (see book/README.md) or a starred list under '## Exercises'"]
+    levels = LIST_EXERCISE.findall(_source(cells[start]))
+    hidden = [c for c in cells[start + 1:] if c["cell_type"] == "code"
+              and HIDDEN_TAGS & set(c.get("metadata", {}).get("tags", []))]
+    problems = []
+    if len(levels) < 2:
+        problems.append(f"{len(levels)} starred exercise(s) under '## Exercises': write at least two")
+    if len(set(levels)) < 2:
+        problems.append("the exercises must span at least two difficulty levels (★, ★★, ★★★)")
+    if len(hidden) < len(levels):
+        problems.append(f"{len(levels)} exercises but {len(hidden)} solution cell(s) tagged hide-input/hide-cell")
+    return problems
+
+
 def lint(path: Path, repo_url: str) -> list[str]:
     nb = json.loads(path.read_text(encoding="utf-8"))
     cells = nb.get("cells", [])
@@ -104,8 +128,10 @@ def lint(path: Path, repo_url: str) -> list[str]:
         problems.append(f"the exercises must be the last '## ' section, or the one before a closing '## Summary' "
                         f"(sections end with {headings[-2:]!r})")
     exercises = list(EXERCISE.finditer(markdown))
+    if not exercises:  # the other accepted form: a list of starred exercises, solutions in hide-input code cells
+        problems += _lint_hidden_solutions(cells)
     labels = [LABEL.search(m["opts"]).group(1) for m in exercises if LABEL.search(m["opts"])]
-    if len(exercises) < 2:
+    if exercises and len(exercises) < 2:
         problems.append(f"{len(exercises)} exercise(s): write at least two, of different difficulty")
     if len(labels) != len(exercises):
         problems.append("every exercise needs a :label: (its solution refers to it)")
