@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: widget bars cannot render in the static book
 from transformers import LlamaForCausalLM
 
 from .evaluate import IGNORE_INDEX, knowledge_accuracy, task_accuracy
