@@ -74,14 +74,27 @@ def _columns(dataset):
         raise ValueError("dataset must have 'prompt' and 'answer' columns (see minimal_loramoe.world)") from err
 
 
-def _argmax_at(model, ids, mask, rows, cols) -> torch.Tensor:
-    """argmax of the logits at positions (rows, cols). For a ``*ForCausalLM`` with ``.model`` and ``.lm_head``
-    the vocabulary projection is applied at those positions only (a quarter of the tiny model's compute)."""
+def answer_logits(model, ids, mask, rows, cols) -> torch.Tensor:
+    """Logits (N, V) at positions (rows, cols) only. For a ``*ForCausalLM`` with ``.model`` and ``.lm_head`` the
+    vocabulary projection runs at those positions alone: the answer-only loss and the exact-match check need
+    nothing else, and on the tiny model the projection over every position costs a quarter of the compute."""
     body, head = getattr(model, "model", None), getattr(model, "lm_head", None)
     if isinstance(body, torch.nn.Module) and isinstance(head, torch.nn.Module):
         hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state   # (B, T, H)
-        return head(hidden[rows, cols]).argmax(-1)                             # (N, V) -> (N,)
-    return model(input_ids=ids, attention_mask=mask).logits[rows, cols].argmax(-1)
+        return head(hidden[rows, cols])                                        # (N, V)
+    return model(input_ids=ids, attention_mask=mask).logits[rows, cols]
+
+
+def answer_loss(model, batch) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens of an ``encode_examples`` batch (label -100 = not scored).
+
+    The same number as ``model(**batch).loss`` of a Hugging Face causal LM (logits at t predict token t+1,
+    averaged over the scored tokens), computed with the vocabulary projection at the scored positions only.
+    """
+    target = batch["labels"][:, 1:]                                            # (B, T-1): token t+1
+    rows, cols = (target != IGNORE_INDEX).nonzero(as_tuple=True)               # the answer positions
+    logits = answer_logits(model, batch["input_ids"], batch["attention_mask"], rows, cols)  # (N, V)
+    return torch.nn.functional.cross_entropy(logits.float(), target[rows, cols])
 
 
 @torch.no_grad()
@@ -99,7 +112,7 @@ def row_correct(model, tokenizer, prompts, answers, batch_size: int = 256) -> to
             target = batch["labels"][:, 1:].to(device)                         # (B, T-1): token t+1
             scored = target != IGNORE_INDEX                                    # (B, T-1)
             rows, cols = scored.nonzero(as_tuple=True)                         # the answer positions only
-            pred = _argmax_at(model, ids, mask, rows, cols)                    # (N,)
+            pred = answer_logits(model, ids, mask, rows, cols).argmax(-1)     # (N,)
             hit = torch.ones_like(scored)
             hit[rows, cols] = pred == target[rows, cols]
             out.append(hit.all(dim=1).cpu())

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm  # text bars: widget bars cannot render in the static book
 
 from .balance import model_balance_loss
-from .evaluate import encode_examples
+from .evaluate import answer_loss, encode_examples
 from .inject import adapter_layers, add_gated_lora, add_lora, add_loramoe
 from .utils import get_device, set_seed
 
@@ -107,7 +107,7 @@ def finetune(base_model, tokenizer, dataset, config: FinetuneConfig, eval_every=
         rows = dataset[idx]
         batch = {k: v.to(device) for k, v in encode_examples(tokenizer, rows["prompt"], rows["answer"],
                                                              add_eos=True).items()}
-        loss = model(**batch).loss  # cross-entropy on the answer tokens only
+        loss = answer_loss(model, batch)  # cross-entropy on the answer tokens only
         total = loss
         if lbc is not None:
             aux = model_balance_loss(model, torch.tensor(rows["type"], device=device),

@@ -24,7 +24,7 @@ from .evaluate import answer_accuracy, task_accuracy
 from .finetune import METHODS, FinetuneConfig, finetune, weight_change
 from .model import load_pretrained
 from .routing import group_weight
-from .world import knowledge_eval, sft_dataset, task_eval
+from .world import CIPHER, MIXES, knowledge_eval, new_content_eval, sft_dataset, task_eval
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "data" / "results"
 TUNED_LR_FILE = RESULTS_DIR / "tuned_lr.json"
@@ -55,18 +55,28 @@ def tuned_learning_rates(path=TUNED_LR_FILE) -> dict:
     return lrs
 
 
-def make_evaluator(tokenizer, world, n_per_task: int):
-    """``evaluate(model) -> dict`` of every number the experiment reports for one checkpoint."""
+def make_evaluator(tokenizer, world, n_per_task: int, mix: str = "easy"):
+    """``evaluate(model) -> dict`` of every number the experiment reports for one checkpoint.
+
+    ``downstream`` is the mean exact match of the four easy tasks in both mixes; the cipher mix adds
+    ``new_content``, the exact match over all 676 cipher questions it trains on.
+    """
+    if mix not in MIXES:
+        raise ValueError(f"mix must be one of {MIXES}, got {mix!r}")
     k_qa = knowledge_eval(world, "heldout", "qa")
     k_inst = knowledge_eval(world, "heldout", "instruction")
     tasks = task_eval(world, n_per_task)
+    new = new_content_eval(world) if mix == CIPHER else None
 
     def evaluate(model) -> dict:
         per_task = answer_accuracy(model, tokenizer, tasks, by_task=True)
-        return {"knowledge": answer_accuracy(model, tokenizer, k_qa),
-                "knowledge_instruction": answer_accuracy(model, tokenizer, k_inst),
-                "downstream": float(np.mean(list(per_task.values()))),
-                "downstream_by_task": per_task}
+        out = {"knowledge": answer_accuracy(model, tokenizer, k_qa),
+               "knowledge_instruction": answer_accuracy(model, tokenizer, k_inst),
+               "downstream": float(np.mean(list(per_task.values()))),
+               "downstream_by_task": per_task}
+        if new is not None:
+            out["new_content"] = answer_accuracy(model, tokenizer, new)
+        return out
 
     return evaluate
 
@@ -80,14 +90,15 @@ def routing_set(world, n_per_task: int):
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "tiny_llama"
 
 
-def _one_run(method, seed, lr, sizes, n_per_task, checkpoint, device, progress, threads, config_overrides):
+def one_run(method, seed, lr, sizes, n_per_task=100, checkpoint=None, device=None, progress=False, threads=None,
+            config_overrides=None, mix="easy"):
     """Fine-tune one (method, seed) and return its evaluations ``{size: metrics}`` (runs in a worker process too)."""
     if threads:
         torch.set_num_threads(threads)
-    base, tokenizer, world = load_pretrained(checkpoint, device=device)
-    evaluate = make_evaluator(tokenizer, world, n_per_task)
-    data = sft_dataset(world, sizes[-1], knowledge_fraction=KNOWLEDGE_FRACTION, seed=seed)
-    cfg = FinetuneConfig(method=EXTRA_RUNS.get(method, (method,))[0], lr=lr, seed=seed, **config_overrides)
+    base, tokenizer, world = load_pretrained(checkpoint or DEFAULT_CHECKPOINT, device=device)
+    evaluate = make_evaluator(tokenizer, world, n_per_task, mix)
+    data = sft_dataset(world, sizes[-1], knowledge_fraction=KNOWLEDGE_FRACTION, seed=seed, mix=mix)
+    cfg = FinetuneConfig(method=EXTRA_RUNS.get(method, (method,))[0], lr=lr, seed=seed, **(config_overrides or {}))
     t0 = time.time()
     model, hist = finetune(base, tokenizer, data, cfg, eval_every=sizes, eval_fn=lambda m, n: evaluate(m),
                            device=device, progress=progress)
@@ -133,13 +144,13 @@ def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, 
 
     if workers == 1:
         for job in jobs:
-            report(job, _one_run(*job))
+            report(job, one_run(*job))
     else:  # the inner progress bars would interleave: one bar over the finished runs instead
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
         jobs = [job[:7] + (False,) + job[8:] for job in jobs]
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_one_run, *job): job for job in jobs}
+            futures = {pool.submit(one_run, *job): job for job in jobs}
             for fut in tqdm(as_completed(futures), total=len(jobs), desc="fine-tuning runs", disable=not progress):
                 report(futures[fut], fut.result())
     out["runs"] = {m: dict(sorted(out["runs"][m].items())) for m in methods}  # fixed order, whatever finished first

@@ -16,6 +16,11 @@ answer must come from the model's weights, not from the prompt. We build a minia
 * Downstream SFT tasks in an instruction format never seen in pretraining (``### Instruction : ... ###
   Response : ...``): ``next_letter``, ``add`` (one digit), ``upper`` (1-3 letters) and ``double`` (a letter).
   None of them needs world knowledge; fine-tuning on many of them is what makes the model forget.
+* Two SFT mixes (``MIXES``). ``"easy"``: 20 % knowledge questions, 80 % the four tasks -- skills pretraining
+  already taught, so SFT mostly teaches the format. ``"cipher"``: 30 % of the rows become a *new-content* task,
+  ``What is the symbol of a b ?`` -> a random two-letter code, one for each of the 676 letter pairs
+  (:func:`cipher_table`). No pretraining text ever links a pair to its code, so the model must store 676 new
+  associations: real new learning, which is what the paper's millions of SFT samples ask of a model.
 
 Everything is deterministic given ``WorldConfig.seed`` (and the ``seed``/``rng`` passed to the samplers).
 Texts are words separated by single spaces; punctuation is a word of its own.
@@ -30,6 +35,8 @@ from datasets import Dataset
 ATTRIBUTES = ("capital", "colour", "trade", "founded", "animal")
 TASKS = ("next_letter", "add", "upper", "double")
 KNOWLEDGE = "knowledge"  # the ``task`` name of world-knowledge questions (``type`` 1)
+CIPHER = "cipher"        # the ``task`` name of the new-content task (``type`` 0, like every task)
+MIXES = ("easy", "cipher")
 COUNTRY_SPLITS = ("heldout", "qa", "all")
 FORMATS = ("qa", "instruction")
 
@@ -79,6 +86,8 @@ TASK_QUESTIONS = {
     "upper": "What is {a} in uppercase ?",
     "double": "What is {a} doubled ?",
 }
+# The new-content task: its question uses only words pretraining already knows ("symbol" from the QA paraphrases).
+CIPHER_QUESTION = "What is the symbol of {a} {b} ?"
 INSTRUCTION_PREFIX = "### Instruction :"
 INSTRUCTION_TEMPLATE = INSTRUCTION_PREFIX + " {q} ### Response :"
 
@@ -291,30 +300,73 @@ def _rows_to_dataset(rows: list) -> Dataset:
                               "task": [r[2] for r in rows], "type": [int(r[2] == KNOWLEDGE) for r in rows]})
 
 
-def sft_dataset(world: World, size: int, knowledge_fraction: float = 0.2, seed: int = 0) -> Dataset:
+def cipher_table(world: World) -> dict:
+    """The new-content task's answers: ``{(a, b): "c d"}`` for all 676 pairs of lowercase letters.
+
+    Each pair gets a code of two random letters, drawn from a generator seeded by the world's seed (apart from the
+    world's own draws), so a world always has the same cipher. Nothing in pretraining mentions these codes.
+    """
+    key = ("cipher_table",)
+    if key not in world._cache:
+        rng = np.random.default_rng([world.config.seed, 676])
+        codes = rng.integers(len(LETTERS), size=(len(LETTERS) ** 2, 2))
+        pairs = [(a, b) for a in LETTERS for b in LETTERS]
+        world._cache[key] = {p: f"{LETTERS[c[0]]} {LETTERS[c[1]]}" for p, c in zip(pairs, codes)}
+    return world._cache[key]
+
+
+def cipher_example(world: World, rng: np.random.Generator) -> tuple:
+    """(question, answer) of one random new-content example: ``What is the symbol of a b ?`` -> ``c d``."""
+    a, b = _pick(rng, LETTERS), _pick(rng, LETTERS)
+    return CIPHER_QUESTION.format(a=a, b=b), cipher_table(world)[(a, b)]
+
+
+def sft_dataset(world: World, size: int, knowledge_fraction: float = 0.2, seed: int = 0, mix: str = "easy",
+                new_content_fraction: float = 0.3) -> Dataset:
     """The SFT mix: instruction-format examples of the downstream tasks plus world-knowledge questions.
 
-    Columns: ``prompt`` (instruction format), ``answer``, ``task`` ("knowledge" or one of ``TASKS``) and ``type``
-    (1 = world knowledge, 0 = other task -- the sample type the localized balancing constraint needs, paper
-    Sec. 3.3). Knowledge questions are about ``qa_countries`` only, so held-out countries stay unseen.
-    Samples are drawn one after the other from one seeded generator: the same (world, size, seed) gives the same
-    rows, and a larger ``size`` extends a smaller one (its first rows are the smaller set).
+    Columns: ``prompt`` (instruction format), ``answer``, ``task`` ("knowledge", ``CIPHER`` or one of ``TASKS``)
+    and ``type`` (1 = world knowledge, 0 = other task -- the sample type the localized balancing constraint needs,
+    paper Sec. 3.3). Knowledge questions are about ``qa_countries`` only, so held-out countries stay unseen.
+    ``mix="cipher"`` turns ``new_content_fraction`` of the rows into the new-content task (see
+    :func:`cipher_table`); ``mix="easy"`` has none (and ignores ``new_content_fraction``).
+    Samples are drawn one after the other from one seeded generator: the same (world, size, seed, mix) gives the
+    same rows, and a larger ``size`` extends a smaller one (its first rows are the smaller set).
     """
     if int(size) != size or size < 0:
         raise ValueError(f"size must be a non-negative integer, got {size!r}")
     _check_fraction("knowledge_fraction", knowledge_fraction)
+    _check_choice("mix", mix, MIXES)
+    _check_fraction("new_content_fraction", new_content_fraction)
+    new = new_content_fraction if mix == CIPHER else 0.0
+    if knowledge_fraction + new > 1:
+        raise ValueError(f"knowledge_fraction + new_content_fraction must be <= 1, got {knowledge_fraction} + {new}")
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(int(size)):
-        if rng.random() < knowledge_fraction:
+        u = rng.random()
+        if u < knowledge_fraction:
             country, attribute = _pick(rng, world.qa_countries), _pick(rng, ATTRIBUTES)
             rows.append((knowledge_prompt(country, attribute, "instruction"), world.facts[(country, attribute)],
                          KNOWLEDGE))
+        elif u < knowledge_fraction + new:
+            question, answer = cipher_example(world, rng)
+            rows.append((instruction_prompt(question), answer, CIPHER))
         else:
             task = _pick(rng, TASKS)
             question, answer = task_example(task, rng)
             rows.append((instruction_prompt(question), answer, task))
     return _rows_to_dataset(rows)
+
+
+def new_content_eval(world: World) -> Dataset:
+    """Every one of the 676 new-content questions once (instruction format; the cipher mix trains on them)."""
+    key = ("new_content",)
+    if key not in world._cache:
+        rows = [(instruction_prompt(CIPHER_QUESTION.format(a=a, b=b)), code, CIPHER)
+                for (a, b), code in cipher_table(world).items()]
+        world._cache[key] = _rows_to_dataset(rows)
+    return world._cache[key]
 
 
 def knowledge_eval(world: World, countries: str = "heldout", fmt: str = "qa") -> Dataset:
@@ -364,7 +416,7 @@ def _fixed_words() -> set:
     words.update(s.upper() for s in LETTERS)
     words.update(str(i) for i in range(19))  # digits and sums up to 9 + 9
     templates = [t for ts in BIO_TEMPLATES.values() for t in ts] + [q for qs in QA_QUESTIONS.values() for q in qs]
-    templates += [t for ts in SKILL_TEMPLATES.values() for t in ts] + list(TASK_QUESTIONS.values())
+    templates += [t for ts in SKILL_TEMPLATES.values() for t in ts] + list(TASK_QUESTIONS.values()) + [CIPHER_QUESTION]
     templates += [QA_TEMPLATE, INSTRUCTION_TEMPLATE]
     return words | _template_words(templates)
 

@@ -1,0 +1,161 @@
+"""Learning-forgetting fronts: ``python -m minimal_loramoe.fronts run|collect``.
+
+A method that learns less also forgets less (Biderman et al., 2024, *LoRA Learns Less and Forgets Less*), so
+"method X keeps more knowledge" means something only at matched learning. Here every method is fine-tuned at
+every learning rate of a grid bracketed per method (from "barely learns" to "breaks"), for several seeds, at the
+largest SFT size; one point per (method, lr) = (task or new-content accuracy, knowledge kept). The curve through a
+method's best points is its *front*: at a given amount learned, how much knowledge the method keeps.
+
+Every run is stored on its own, as soon as it ends, in ``data/results/runs/<mix>/<method>/lr<lr>-seed<seed>.json``
+(evaluations after each SFT size), so a grid can be extended, resumed after an interruption, and shared with
+``reproduce --scale full``. ``collect`` averages the stored runs into ``data/results/fronts_<mix>.json``::
+
+    {"mix": name, "sft_sizes": [...], "largest": N,
+     "tradeoff": {method: {lr: {"knowledge": x, "downstream": y, "new_content": z,   # means over seeds, at N
+                                "knowledge_std": ..., "downstream_std": ..., "new_content_std": ...,
+                                "seeds": [...], "per_seed": {"knowledge": [...], ...},
+                                "curve": {"knowledge": [mean per size], "downstream": [...], ...}}}}}
+
+(``new_content`` only for the cipher mix.)
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .finetune import METHODS
+from .reproduce import RESULTS_DIR, one_run
+from .world import MIXES
+
+RUNS_DIR = RESULTS_DIR / "runs"
+SFT_SIZES = (4000, 16000, 64000, 256000)  # evaluated along one pass (constant lr after warm-up)
+N_PER_TASK = 100
+METRICS = ("knowledge", "knowledge_instruction", "downstream", "new_content")
+# Bracketed grids: full fine-tuning moves every weight and needs ~10x smaller rates than the adapters.
+GRIDS = {
+    "full_ft": (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4),
+    "lora": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
+    "gated_lora": (5e-4, 1e-3, 2e-3, 5e-3),
+    "loramoe": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
+    "loramoe_no_lbc": (5e-4, 1e-3, 2e-3),
+    "loramoe_official_lbc": (5e-4, 1e-3, 2e-3),
+    "loramoe_uniform_router": (5e-4, 1e-3, 2e-3, 5e-3),
+}
+
+
+def run_path(mix: str, method: str, lr: float, seed: int, root=RUNS_DIR) -> Path:
+    return Path(root) / mix / method / f"lr{lr:g}-seed{seed}.json"
+
+
+def load_run(mix, method, lr, seed, sizes=SFT_SIZES, root=RUNS_DIR):
+    """The stored run, or None if there is none that covers ``sizes``."""
+    path = run_path(mix, method, lr, seed, root)
+    if not path.is_file():
+        return None
+    run = json.loads(path.read_text())
+    if not set(map(str, sizes)) <= set(run["evals"]):
+        return None
+    return run
+
+
+def run_point(mix, method, lr, seed, sizes=SFT_SIZES, threads=1, root=RUNS_DIR) -> dict:
+    """Fine-tune one grid point (or return it from the store) and store it. Runs in a worker process too."""
+    run = load_run(mix, method, lr, seed, sizes, root)
+    if run is not None:
+        return run
+    t0 = time.time()
+    evals = one_run(method, seed, lr, sorted(sizes), N_PER_TASK, threads=threads, mix=mix)
+    run = {"mix": mix, "method": method, "lr": lr, "seed": seed, "sft_sizes": sorted(sizes),
+           "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
+           "evals": {str(n): v for n, v in evals.items()}}
+    path = run_path(mix, method, lr, seed, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(run, indent=1))
+    return run
+
+
+def run_grid(points, workers: int = 2, sizes=SFT_SIZES, root=RUNS_DIR, progress=True):
+    """Run every ``(mix, method, lr, seed)`` not yet stored, ``workers`` processes side by side (1 thread each)."""
+    todo = [p for p in points if load_run(*p, sizes=sizes, root=root) is None]
+    if not todo:
+        return
+    bar = tqdm(total=len(todo), desc="grid runs", disable=not progress)
+
+    def report(p, run):
+        f = run["evals"][str(max(sizes))]
+        extra = f"  new {f['new_content']:.3f}" if "new_content" in f else ""
+        tqdm.write(f"{p[0]:<7}{p[1]:<24}lr {p[2]:<7g}seed {p[3]}  knowledge {f['knowledge']:.3f}  "
+                   f"tasks {f['downstream']:.3f}{extra}  ({run['seconds']:.0f} s)")
+        bar.update()
+
+    if workers == 1:
+        for p in todo:
+            report(p, run_point(*p, sizes=sizes, root=root))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(run_point, *p, sizes, 1, root): p for p in todo}
+            for fut in as_completed(futures):
+                report(futures[fut], fut.result())
+    bar.close()
+
+
+def collect(mix: str, root=RUNS_DIR, sizes=SFT_SIZES) -> dict:
+    """Average the stored runs of one mix over seeds: the fronts JSON (schema in the module docstring)."""
+    if mix not in MIXES:
+        raise ValueError(f"mix must be one of {MIXES}, got {mix!r}")
+    largest = str(max(sizes))
+    out = {"mix": mix, "sft_sizes": list(sizes), "largest": max(sizes), "tradeoff": {}}
+    for method in METHODS:
+        folder = Path(root) / mix / method
+        runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+        runs = [r for r in runs if largest in r["evals"]]
+        by_lr = {}
+        for r in runs:
+            by_lr.setdefault(r["lr"], []).append(r)
+        for lr in sorted(by_lr):
+            rs = sorted(by_lr[lr], key=lambda r: r["seed"])
+            point = {"seeds": [r["seed"] for r in rs], "per_seed": {}, "curve": {}}
+            for key in METRICS:
+                if key not in rs[0]["evals"][largest]:
+                    continue
+                vals = np.array([r["evals"][largest][key] for r in rs])
+                point[key] = round(float(vals.mean()), 4)
+                point[key + "_std"] = round(float(vals.std()), 4)
+                point["per_seed"][key] = vals.round(4).tolist()
+                point["curve"][key] = [round(float(np.mean([r["evals"][str(n)][key] for r in rs])), 4)
+                                       for n in sizes]
+            out["tradeoff"].setdefault(method, {})[f"{lr:g}"] = point
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.fronts")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="fine-tune the grid points not yet stored")
+    r.add_argument("--mix", choices=MIXES, required=True)
+    r.add_argument("--methods", nargs="+", choices=METHODS, default=["full_ft", "lora", "loramoe"])
+    r.add_argument("--lrs", nargs="+", type=float, help="learning rates (default: each method's grid in GRIDS)")
+    r.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    r.add_argument("--workers", type=int, default=2)
+    c = sub.add_parser("collect", help="average the stored runs into data/results/fronts_<mix>.json")
+    c.add_argument("--mix", nargs="+", choices=MIXES, default=list(MIXES))
+    args = p.parse_args(argv)
+    if args.command == "run":
+        points = [(args.mix, m, lr, s) for s in args.seeds for m in args.methods for lr in (args.lrs or GRIDS[m])]
+        run_grid(points, args.workers)
+    else:
+        for mix in args.mix:
+            out = collect(mix)
+            path = RESULTS_DIR / f"fronts_{mix}.json"
+            path.write_text(json.dumps(out, indent=1))
+            print(f"{mix}: {sum(len(v) for v in out['tradeoff'].values())} points written to {path}")
+
+
+if __name__ == "__main__":
+    main()
