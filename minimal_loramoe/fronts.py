@@ -20,7 +20,6 @@ Every run is stored on its own, as soon as it ends, in ``data/results/runs/<mix>
 """
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +27,10 @@ import torch
 from tqdm import tqdm
 
 from .finetune import METHODS
-from .reproduce import RESULTS_DIR, one_run
+from .reproduce import RESULTS_DIR, RUNS_DIR, SCALES, load_run, run_point
 from .world import MIXES
 
-RUNS_DIR = RESULTS_DIR / "runs"
-SFT_SIZES = (4000, 16000, 64000, 256000)  # evaluated along one pass (constant lr after warm-up)
-N_PER_TASK = 100
+SFT_SIZES = tuple(SCALES["full"]["sft_sizes"])  # evaluated along one pass (constant lr after warm-up)
 METRICS = ("knowledge", "knowledge_instruction", "downstream", "new_content")
 # Bracketed grids: full fine-tuning moves every weight and needs ~10x smaller rates than the adapters.
 GRIDS = {
@@ -45,37 +42,6 @@ GRIDS = {
     "loramoe_official_lbc": (5e-4, 1e-3, 2e-3),
     "loramoe_uniform_router": (5e-4, 1e-3, 2e-3, 5e-3),
 }
-
-
-def run_path(mix: str, method: str, lr: float, seed: int, root=RUNS_DIR) -> Path:
-    return Path(root) / mix / method / f"lr{lr:g}-seed{seed}.json"
-
-
-def load_run(mix, method, lr, seed, sizes=SFT_SIZES, root=RUNS_DIR):
-    """The stored run, or None if there is none that covers ``sizes``."""
-    path = run_path(mix, method, lr, seed, root)
-    if not path.is_file():
-        return None
-    run = json.loads(path.read_text())
-    if not set(map(str, sizes)) <= set(run["evals"]):
-        return None
-    return run
-
-
-def run_point(mix, method, lr, seed, sizes=SFT_SIZES, threads=1, root=RUNS_DIR) -> dict:
-    """Fine-tune one grid point (or return it from the store) and store it. Runs in a worker process too."""
-    run = load_run(mix, method, lr, seed, sizes, root)
-    if run is not None:
-        return run
-    t0 = time.time()
-    evals = one_run(method, seed, lr, sorted(sizes), N_PER_TASK, threads=threads, mix=mix)
-    run = {"mix": mix, "method": method, "lr": lr, "seed": seed, "sft_sizes": sorted(sizes),
-           "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
-           "evals": {str(n): v for n, v in evals.items()}}
-    path = run_path(mix, method, lr, seed, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(run, indent=1))
-    return run
 
 
 def run_grid(points, workers: int = 2, sizes=SFT_SIZES, root=RUNS_DIR, progress=True):
@@ -132,6 +98,52 @@ def collect(mix: str, root=RUNS_DIR, sizes=SFT_SIZES) -> dict:
                                        for n in sizes]
             out["tradeoff"].setdefault(method, {})[f"{lr:g}"] = point
     return out
+
+
+def best_at(fronts: dict, method: str, learned: str = "downstream", at_least: float = 0.9):
+    """The learning rate (as stored, e.g. ``"0.001"``) and point with the most knowledge among the method's points
+    that learned at least ``at_least`` (``learned``: "downstream" or "new_content"); ``(None, None)`` if none did.
+
+    This is the matched-learning comparison: "how much knowledge does the method keep once it has learned this
+    much?" -- each method at its own best learning rate, not at a borrowed one.
+    """
+    if learned not in ("downstream", "new_content"):
+        raise ValueError(f"learned must be 'downstream' or 'new_content', got {learned!r}")
+    points = {lr: p for lr, p in fronts["tradeoff"].get(method, {}).items() if p.get(learned, -1) >= at_least}
+    if not points:
+        return None, None
+    lr = max(points, key=lambda k: points[k]["knowledge"])
+    return lr, points[lr]
+
+
+def plot_fronts(fronts: dict, learned: str = "downstream", methods=("full_ft", "lora", "loramoe"), ax=None):
+    """Knowledge kept (y) against what was learned (x), one line per method through its learning rates.
+
+    Error bars: standard deviation over seeds (points with one seed have none). Each point is labelled with its
+    learning rate; up and to the right is better.
+    """
+    import matplotlib.pyplot as plt
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4.5), facecolor="white")
+    for method in methods:
+        grid = fronts["tradeoff"].get(method, {})
+        lrs = sorted(grid, key=float)
+        if not lrs:
+            continue
+        x = [grid[lr][learned] for lr in lrs]
+        y = [grid[lr]["knowledge"] for lr in lrs]
+        xe = [grid[lr][learned + "_std"] for lr in lrs]
+        ye = [grid[lr]["knowledge_std"] for lr in lrs]
+        line = ax.errorbar(x, y, xerr=xe, yerr=ye, marker="o", capsize=2, label=method)
+        for xi, yi, lr in zip(x, y, lrs):
+            ax.annotate(f"{float(lr):g}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                        color=line[0].get_color())
+    what = {"downstream": "task accuracy (4 easy tasks)", "new_content": "new-content accuracy (cipher)"}[learned]
+    ax.set(xlabel=what, ylabel="held-out knowledge kept", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
+           title=f"{fronts['mix']} mix, {fronts['largest'] // 1000}k SFT examples")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return ax
 
 
 def main(argv=None):
