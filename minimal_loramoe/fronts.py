@@ -146,6 +146,30 @@ def plot_fronts(fronts: dict, learned: str = "downstream", methods=("full_ft", "
     return ax
 
 
+def summary_figure(fixed: dict, easy: dict, cipher: dict, path=None, methods=("full_ft", "lora", "loramoe")):
+    """The book's landing figure: forgetting as the data grows under a fixed recipe (``reproduce --scale full``),
+    then the learning-forgetting fronts at the largest size on the easy and on the cipher mix."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3), facecolor="white")
+    ax = axes[0]
+    for m in methods:
+        ax.errorbar(fixed["sft_sizes"], fixed["knowledge"][m], yerr=fixed["knowledge_std"][m], marker="o", capsize=3,
+                    label=f"{m} (lr {fixed['lr'][m]:g})")
+    ax.axhline(fixed["knowledge"]["pretrained"], color="black", ls="--", lw=1, label="pretrained")
+    ax.set(xscale="log", xlabel="SFT examples (easy mix)", ylabel="held-out knowledge kept", ylim=(-0.02, 1.02),
+           title="fixed recipe: lr tuned at 16k, data grows")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    plot_fronts(easy, "downstream", methods, axes[1])
+    plot_fronts(cipher, "new_content", methods, axes[2])
+    axes[1].set_title(f"fronts, easy mix ({easy['largest'] // 1000}k): each point one lr")
+    axes[2].set_title(f"fronts, cipher mix ({cipher['largest'] // 1000}k): new content to learn")
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=110, facecolor="white")
+    return fig
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.fronts")
     sub = p.add_subparsers(dest="command", required=True)
@@ -157,6 +181,7 @@ def main(argv=None):
     r.add_argument("--workers", type=int, default=2)
     c = sub.add_parser("collect", help="average the stored runs into data/results/fronts_<mix>.json")
     c.add_argument("--mix", nargs="+", choices=MIXES, default=list(MIXES))
+    c.add_argument("--figure", help="also draw the summary figure (needs data/results/reproduce_cpu.json)")
     args = p.parse_args(argv)
     if args.command == "run":
         points = [(args.mix, m, lr, s) for s in args.seeds for m in args.methods for lr in (args.lrs or GRIDS[m])]
@@ -167,6 +192,11 @@ def main(argv=None):
             path = RESULTS_DIR / f"fronts_{mix}.json"
             path.write_text(json.dumps(out, indent=1))
             print(f"{mix}: {sum(len(v) for v in out['tradeoff'].values())} points written to {path}")
+        if args.figure:
+            load = lambda name: json.loads((RESULTS_DIR / name).read_text())  # noqa: E731
+            summary_figure(load("reproduce_cpu.json"), load("fronts_easy.json"), load("fronts_cipher.json"),
+                           args.figure)
+            print(f"figure saved to {args.figure}")
 
 
 if __name__ == "__main__":
