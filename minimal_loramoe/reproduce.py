@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from .evaluate import answer_accuracy, task_accuracy
-from .finetune import METHODS, FinetuneConfig, finetune, weight_change
+from .finetune import METHODS, SLIM_METHODS, FinetuneConfig, finetune, weight_change
 from .model import load_pretrained
 from .routing import group_weight
 from .world import CIPHER, MIXES, knowledge_eval, new_content_eval, sft_dataset, task_eval
@@ -41,6 +41,8 @@ KNOWLEDGE_FRACTION = 0.2  # share of world-knowledge questions (type 1) in every
 # full fine-tuning learns the tasks just as well) it forgets far more than at its own tuned, smaller rate.
 EXTRA_RUNS = {"full_ft_at_loramoe_lr": ("full_ft", "loramoe")}
 RUN_LABELS = METHODS + tuple(EXTRA_RUNS)
+# SLIM's methods have no tuned learning rate: they are compared on the fronts (python -m minimal_loramoe.fronts)
+DEFAULT_RUNS = tuple(m for m in RUN_LABELS if m not in SLIM_METHODS)
 
 
 def tuned_learning_rates(path=TUNED_LR_FILE) -> dict:
@@ -105,7 +107,7 @@ def one_run(method, seed, lr, sizes, n_per_task=100, checkpoint=None, device=Non
     evals = hist["evals"]
     final = evals[sizes[-1]]
     final["weight_change"] = weight_change(base, model)
-    if cfg.method.startswith("loramoe"):
+    if cfg.method.startswith("loramoe") or cfg.method in SLIM_METHODS:
         final["router_group_weight"] = group_weight(model, tokenizer, routing_set(world, n_per_task))
     final["seconds"] = round(time.time() - t0, 1)
     return evals
@@ -220,7 +222,7 @@ def plot_results(res: dict, path=None):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.reproduce")
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="experiment size (default: cpu)")
-    p.add_argument("--methods", nargs="+", choices=RUN_LABELS, default=list(RUN_LABELS))
+    p.add_argument("--methods", nargs="+", choices=RUN_LABELS, default=list(DEFAULT_RUNS))
     p.add_argument("--seeds", nargs="+", type=int, help="override the scale's seeds")
     p.add_argument("--json", help="write the numbers to this JSON file")
     p.add_argument("--figure", default="forgetting.png", help="where to save the figure (default: forgetting.png)")
