@@ -39,6 +39,7 @@ from tqdm import tqdm  # text bars: widget bars cannot render in the static book
 from .balance import model_balance_loss
 from .evaluate import answer_loss, encode_examples
 from .inject import SLIM_DEFAULTS, adapter_layers, add_gated_lora, add_lora, add_loramoe
+from .loramoe import _check_slim_args
 from .slim import dare_masked, l1_penalty
 from .utils import get_device, set_seed
 
@@ -98,6 +99,8 @@ class FinetuneConfig:
                 getattr(self, k) != v for k, v in _DEFAULTS.items()):
             raise ValueError(f"top_k, num_identity_experts, num_clusters, yield_scale, l1_weight and mask_rate need "
                              f"a LoRAMoE-layer method, not method={self.method!r}")
+        _check_slim_args(self.num_experts, self.top_k, self.num_identity_experts, self.num_clusters,
+                         self.yield_scale)
         if isinstance(self.l1_weight, bool) or not isinstance(self.l1_weight, (int, float)) or self.l1_weight < 0:
             raise ValueError(f"l1_weight must be a number >= 0, got {self.l1_weight!r}")
         if isinstance(self.mask_rate, bool) or not isinstance(self.mask_rate, (int, float)) or \
