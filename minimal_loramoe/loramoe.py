@@ -32,7 +32,8 @@ from .lora import check_adapter_args
 from .slim import SlidingClusters
 
 
-def _check_slim_args(num_experts, top_k, num_identity_experts, num_clusters, yield_scale):
+def check_slim_args(num_experts, top_k, num_identity_experts, num_clusters, yield_scale):
+    """Raise a clear error for SLIM settings no LoRAMoE layer can be built with."""
     def is_int(v):
         return isinstance(v, int) and not isinstance(v, bool)
     if not is_int(num_identity_experts) or num_identity_experts < 0:
@@ -72,7 +73,7 @@ class LoRAMoELinear(nn.Module):
                  yield_scale: float = 1.0):
         super().__init__()
         check_adapter_args(base, rank, alpha, dropout, num_experts)
-        _check_slim_args(num_experts, top_k, num_identity_experts, num_clusters, yield_scale)
+        check_slim_args(num_experts, top_k, num_identity_experts, num_clusters, yield_scale)
         self.base = base.requires_grad_(False)
         self.num_experts, self.rank, self.alpha, self.scaling = num_experts, rank, alpha, alpha / rank
         self.top_k, self.num_identity_experts, self.yield_scale = top_k, num_identity_experts, yield_scale

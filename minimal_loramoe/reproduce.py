@@ -24,6 +24,7 @@ from .evaluate import answer_accuracy, task_accuracy
 from .finetune import METHODS, SLIM_METHODS, FinetuneConfig, finetune, weight_change
 from .model import load_pretrained
 from .routing import group_weight
+from .slim import dare_masked
 from .world import CIPHER, MIXES, knowledge_eval, new_content_eval, sft_dataset, task_eval
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "data" / "results"
@@ -108,7 +109,8 @@ def one_run(method, seed, lr, sizes, n_per_task=100, checkpoint=None, device=Non
     final = evals[sizes[-1]]
     final["weight_change"] = weight_change(base, model)
     if cfg.method.startswith("loramoe") or cfg.method in SLIM_METHODS:
-        final["router_group_weight"] = group_weight(model, tokenizer, routing_set(world, n_per_task))
+        with dare_masked(model, cfg.mask_rate, cfg.seed):  # the model the evaluations saw (p = 0: no mask)
+            final["router_group_weight"] = group_weight(model, tokenizer, routing_set(world, n_per_task))
     final["seconds"] = round(time.time() - t0, 1)
     return evals
 
