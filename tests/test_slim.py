@@ -4,7 +4,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from minimal_loramoe import LoRAMoELinear, add_loramoe, adapter_layers, load_loramoe, save_loramoe
