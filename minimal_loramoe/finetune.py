@@ -10,8 +10,22 @@ Methods (the keys used everywhere in the book and in ``reproduce``):
     loramoe                  LoRAMoE + the corrected localized balancing loss (the variant this book recommends)
     loramoe_uniform_router   LoRAMoE with its router frozen at zero, i.e. every gate exactly 1/E (a control)
 
+Beyond the paper, SLIM (Han et al., 2025, arXiv 2410.07739) and its parts, all with the same E experts of rank r
+as ``loramoe`` (so the same adapter parameters; only the router grows by the identity experts' rows):
+
+    mixlora_top2             sparse LoRA-MoE: top-2 of the E experts, no constraint (MixLoRA-like)
+    slim                     E LoRA + 2 identity experts, top-2, weight yielding, L1 penalty + DARE masks at eval
+    slim_no_identity         slim without identity experts (hence without weight yielding, which yields to them)
+    slim_no_yield            slim without weight yielding
+    slim_no_merge            slim without dynamic merging (no L1 penalty, no DARE masks)
+
+(each ablation removes one of SLIM's three parts; the settings are in ``METHOD_SETTINGS`` and any of them can be
+overridden through ``FinetuneConfig``, e.g. ``mask_rate=0`` to evaluate slim without the masks.)
+
 The loss is the cross-entropy on the answer tokens only (the prompt is context), plus, for LoRAMoE with a
-constraint, the localized balancing loss summed over all LoRAMoE layers (Dou et al., 2024, Eq. 9).
+constraint, the localized balancing loss summed over all LoRAMoE layers (Dou et al., 2024, Eq. 9), plus, with
+``l1_weight > 0``, SLIM's L1 penalty on the adapters. With ``mask_rate > 0`` every evaluation sees the experts
+DARE-masked (:func:`~minimal_loramoe.slim.dare_masked`); training always uses the unmasked experts.
 The learning rate is constant after a short warm-up, so that evaluating one run after its first N examples is the
 same as a separate run on N examples: one pass gives the whole "more SFT data" curve.
 """
@@ -24,17 +38,38 @@ from tqdm import tqdm  # text bars: widget bars cannot render in the static book
 
 from .balance import model_balance_loss
 from .evaluate import answer_loss, encode_examples
-from .inject import adapter_layers, add_gated_lora, add_lora, add_loramoe
+from .inject import SLIM_DEFAULTS, adapter_layers, add_gated_lora, add_lora, add_loramoe
+from .loramoe import check_slim_args
+from .slim import dare_masked, l1_penalty
 from .utils import get_device, set_seed
 
-METHODS = ("full_ft", "lora", "gated_lora", "loramoe_no_lbc", "loramoe_official_lbc", "loramoe",
-           "loramoe_uniform_router")
 LBC_OF_METHOD = {"loramoe_official_lbc": "official", "loramoe": "corrected"}
+# SLIM's settings per method, not tuned: the paper's K = 2 and 2 identity experts; 8 clusters per layer; masking
+# rate p = 0.5 (the paper: too large hurts the tasks, too small does not stop forgetting); l1_weight = 10, so the
+# penalty's gradient per adapter entry, 10 / (E r (d_in + d_out)) ~ 1e-3, is of the order of the cross-entropy's
+# after a few dozen steps (1e-3 to 1e-2, measured on slim at lr 1e-3 on the cipher mix); at 1 it would be ~1 %.
+_SLIM = dict(top_k=2, num_identity_experts=2, num_clusters=8, yield_scale=1.0, l1_weight=10.0, mask_rate=0.5)
+METHOD_SETTINGS = {
+    "mixlora_top2": dict(top_k=2),
+    "slim": _SLIM,
+    "slim_no_identity": {**_SLIM, "num_identity_experts": 0, "num_clusters": 0},
+    "slim_no_yield": {**_SLIM, "num_clusters": 0},
+    "slim_no_merge": {**_SLIM, "l1_weight": 0.0, "mask_rate": 0.0},
+}
+SLIM_METHODS = tuple(METHOD_SETTINGS)
+METHODS = ("full_ft", "lora", "gated_lora", "loramoe_no_lbc", "loramoe_official_lbc", "loramoe",
+           "loramoe_uniform_router") + SLIM_METHODS
+# what a field left at None means for methods without an entry in METHOD_SETTINGS: plain LoRAMoE, no penalty
+_DEFAULTS = {**SLIM_DEFAULTS, "l1_weight": 0.0, "mask_rate": 0.0}
 
 
 @dataclass
 class FinetuneConfig:
-    """Settings of one fine-tuning run. ``rank`` is per expert; LoRA and gated LoRA get rank ``num_experts*rank``."""
+    """Settings of one fine-tuning run. ``rank`` is per expert; LoRA and gated LoRA get rank ``num_experts*rank``.
+
+    The SLIM fields (``top_k`` ... ``mask_rate``) left at None take the method's value from ``METHOD_SETTINGS``
+    (plain LoRAMoE's for the other methods); ``l1_weight`` and ``mask_rate`` apply to any LoRAMoE-layer method.
+    """
     method: str = "loramoe"
     lr: float = 5e-4
     batch_size: int = 32
@@ -47,10 +82,31 @@ class FinetuneConfig:
     warmup_steps: int = 20
     weight_decay: float = 0.0
     seed: int = 0
+    top_k: int | None = None
+    num_identity_experts: int | None = None
+    num_clusters: int | None = None
+    yield_scale: float | None = None
+    l1_weight: float | None = None  # weight of slim.l1_penalty in the loss
+    mask_rate: float | None = None  # DARE masking rate p at evaluation
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        settings = {**_DEFAULTS, **METHOD_SETTINGS.get(self.method, {})}
+        for name, value in settings.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.method in ("full_ft", "lora", "gated_lora") and any(
+                getattr(self, k) != v for k, v in _DEFAULTS.items()):
+            raise ValueError(f"top_k, num_identity_experts, num_clusters, yield_scale, l1_weight and mask_rate need "
+                             f"a LoRAMoE-layer method, not method={self.method!r}")
+        check_slim_args(self.num_experts, self.top_k, self.num_identity_experts, self.num_clusters,
+                         self.yield_scale)
+        if isinstance(self.l1_weight, bool) or not isinstance(self.l1_weight, (int, float)) or self.l1_weight < 0:
+            raise ValueError(f"l1_weight must be a number >= 0, got {self.l1_weight!r}")
+        if isinstance(self.mask_rate, bool) or not isinstance(self.mask_rate, (int, float)) or \
+                not 0 <= self.mask_rate < 1:
+            raise ValueError(f"mask_rate must be a number in [0, 1), got {self.mask_rate!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.batch_size < 1:
@@ -67,7 +123,9 @@ def prepare_model(base_model, config: FinetuneConfig):
         return add_lora(model, rank=c.num_experts * c.rank, alpha=c.alpha, dropout=c.dropout)
     if c.method == "gated_lora":
         return add_gated_lora(model, rank=c.num_experts * c.rank, alpha=c.alpha, dropout=c.dropout)
-    model = add_loramoe(model, num_experts=c.num_experts, rank=c.rank, alpha=c.alpha, dropout=c.dropout)
+    model = add_loramoe(model, num_experts=c.num_experts, rank=c.rank, alpha=c.alpha, dropout=c.dropout,
+                        top_k=c.top_k, num_identity_experts=c.num_identity_experts, num_clusters=c.num_clusters,
+                        yield_scale=c.yield_scale)
     if c.method == "loramoe_uniform_router":
         for layer in adapter_layers(model).values():  # softmax(0) = 1/E for every expert, and it stays there
             torch.nn.init.zeros_(layer.router.weight)
@@ -84,7 +142,8 @@ def finetune(base_model, tokenizer, dataset, config: FinetuneConfig, eval_every=
             called; its results are returned in ``history["evals"]``. The data order is fixed by ``config.seed``
             and does not depend on ``eval_every``.
     Returns:
-        (model, history) with history = {"config", "loss", "lbc", "evals"}.
+        (model, history) with history = {"config", "loss", "lbc", "l1", "evals"}; the model is returned unmasked
+        (with ``mask_rate > 0`` wrap its use in ``dare_masked(model, config.mask_rate, config.seed)``).
     """
     device = get_device(device)
     set_seed(config.seed)
@@ -99,7 +158,7 @@ def finetune(base_model, tokenizer, dataset, config: FinetuneConfig, eval_every=
     checkpoints = sorted(set(eval_every or []))
     if checkpoints and checkpoints[-1] > n:
         raise ValueError(f"eval_every asks for {checkpoints[-1]} examples but the dataset has only {n}")
-    history = {"config": asdict(config), "loss": [], "lbc": [], "evals": {}}
+    history = {"config": asdict(config), "loss": [], "lbc": [], "l1": [], "evals": {}}
     steps = math.ceil(n / config.batch_size)
     bar = tqdm(range(steps), desc=config.method, disable=not progress, leave=False)
     for step in bar:
@@ -115,6 +174,10 @@ def finetune(base_model, tokenizer, dataset, config: FinetuneConfig, eval_every=
                                      beta=config.lbc_beta, variant=lbc)
             total = loss + aux
             history["lbc"].append(aux.item())
+        if config.l1_weight > 0:
+            l1 = config.l1_weight * l1_penalty(model)
+            total = total + l1
+            history["l1"].append(l1.item())
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
@@ -124,7 +187,11 @@ def finetune(base_model, tokenizer, dataset, config: FinetuneConfig, eval_every=
             bar.set_postfix(loss=f"{loss.item():.3f}")
         seen = min(n, (step + 1) * config.batch_size)
         while checkpoints and seen >= checkpoints[0]:
-            history["evals"][checkpoints[0]] = eval_fn(model, checkpoints[0]) if eval_fn else None
+            if eval_fn and config.mask_rate > 0:  # SLIM evaluates the DARE-masked experts (same masks each time)
+                with dare_masked(model, config.mask_rate, config.seed):
+                    history["evals"][checkpoints[0]] = eval_fn(model, checkpoints[0])
+            else:
+                history["evals"][checkpoints[0]] = eval_fn(model, checkpoints[0]) if eval_fn else None
             model.train()
             checkpoints.pop(0)
     return model.eval(), history

@@ -41,6 +41,12 @@ GRIDS = {
     "loramoe_no_lbc": (5e-4, 1e-3, 2e-3),
     "loramoe_official_lbc": (5e-4, 1e-3, 2e-3),
     "loramoe_uniform_router": (5e-4, 1e-3, 2e-3, 5e-3),
+    # SLIM and its parts (beyond the paper): the same bracket as loramoe, the same E and r
+    "mixlora_top2": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
+    "slim": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
+    "slim_no_identity": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
+    "slim_no_yield": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
+    "slim_no_merge": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
 }
 
 

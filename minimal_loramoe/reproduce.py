@@ -31,9 +31,10 @@ import torch
 from tqdm import tqdm
 
 from .evaluate import answer_accuracy, task_accuracy
-from .finetune import METHODS, FinetuneConfig, finetune, weight_change
+from .finetune import METHODS, SLIM_METHODS, FinetuneConfig, finetune, weight_change
 from .model import load_pretrained
 from .routing import group_weight
+from .slim import dare_masked
 from .world import CIPHER, MIXES, knowledge_eval, new_content_eval, sft_dataset, task_eval
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "data" / "results"
@@ -48,7 +49,7 @@ SCALES = {
     "cpu": dict(sft_sizes=[4000, 16000, 64000, 256000], seeds=[0], n_per_task=100, methods=MAIN_METHODS,
                 store=False),
     "full": dict(sft_sizes=[4000, 16000, 64000, 256000], seeds=[0, 1, 2], n_per_task=100, methods=None,
-                 store=True),  # methods=None: every label in RUN_LABELS
+                 store=True),  # methods=None: every label in DEFAULT_RUNS
     "gpu": dict(sft_sizes=[16000, 64000, 256000, 1024000], seeds=[0, 1, 2], n_per_task=200, methods=None,
                 store=False),
 }
@@ -58,6 +59,8 @@ KNOWLEDGE_FRACTION = 0.2  # share of world-knowledge questions (type 1) in every
 # full fine-tuning learns the tasks just as well) it forgets far more than at its own tuned, smaller rate.
 EXTRA_RUNS = {"full_ft_at_loramoe_lr": ("full_ft", "loramoe")}
 RUN_LABELS = METHODS + tuple(EXTRA_RUNS)
+# SLIM's methods have no tuned learning rate: they are compared on the fronts (python -m minimal_loramoe.fronts)
+DEFAULT_RUNS = tuple(m for m in RUN_LABELS if m not in SLIM_METHODS)
 
 
 def tuned_learning_rates(path=TUNED_LR_FILE) -> dict:
@@ -122,8 +125,9 @@ def one_run(method, seed, lr, sizes, n_per_task=100, checkpoint=None, device=Non
     evals = hist["evals"]
     final = evals[sizes[-1]]
     final["weight_change"] = weight_change(base, model)
-    if cfg.method.startswith("loramoe"):
-        final["router_group_weight"] = group_weight(model, tokenizer, routing_set(world, n_per_task))
+    if cfg.method.startswith("loramoe") or cfg.method in SLIM_METHODS:
+        with dare_masked(model, cfg.mask_rate, cfg.seed):  # the model the evaluations saw (p = 0: no mask)
+            final["router_group_weight"] = group_weight(model, tokenizer, routing_set(world, n_per_task))
     final["seconds"] = round(time.time() - t0, 1)
     return evals
 
@@ -286,7 +290,7 @@ def main(argv=None):
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="experiment size (default: cpu)")
     p.add_argument("--mix", choices=MIXES, default="easy", help="SFT mix (default: easy; cipher adds new content)")
     p.add_argument("--methods", nargs="+", choices=RUN_LABELS,
-                   help="override the scale's methods (cpu: full_ft lora loramoe; full and gpu: all)")
+                   help="override the scale's methods (cpu: full_ft lora loramoe; full and gpu: all but the SLIM ones)")
     p.add_argument("--seeds", nargs="+", type=int, help="override the scale's seeds")
     p.add_argument("--json", help="write the numbers to this JSON file")
     p.add_argument("--figure", default="forgetting.png", help="where to save the figure (default: forgetting.png)")
@@ -300,7 +304,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     scale = SCALES[args.scale]
     seeds = args.seeds or scale["seeds"]
-    methods = args.methods or list(scale["methods"] or RUN_LABELS)
+    methods = args.methods or list(scale["methods"] or DEFAULT_RUNS)
     lrs = tuned_learning_rates()
     t0 = time.time()
     raw = run_experiment(scale["sft_sizes"], seeds, methods, lrs, scale["n_per_task"], device=args.device,
