@@ -11,7 +11,10 @@ For each notebook that book/_toc.yml enables (or each notebook given on the comm
   carry a difficulty (★, ★★ or ★★★) with at least two different levels, and every exercise has a solution
   folded away with ``:class: dropdown``;
 - it loads nothing from the network when rendered: no ipywidgets outputs (use ``from tqdm import tqdm``, not
-  ``tqdm.auto``), no images or scripts from http(s) URLs in Markdown or HTML outputs.
+  ``tqdm.auto``), no images or scripts from http(s) URLs in Markdown or HTML outputs;
+- nbval checks all of it: no cell is skipped (``nbval-skip`` tag, ``# NBVAL_SKIP``), and no rule of
+  notebooks/sanitize.cfg blanks plain numbers (numbers that come out of training are handled cell by cell with
+  the ``nbval-ignore-output`` tag and an assert; book/README.md, "Which outputs nbval compares, and why").
 
 Teaching notes (printed; they fail the check only with ``--strict``):
 
@@ -44,6 +47,10 @@ STARS = re.compile(r"^(★{1,3})(?!★)")
 HEADING2 = re.compile(r"^##\s+(.*)$", re.M)
 EXTERNAL_MD = re.compile(r"!\[[^\]]*\]\(\s*(https?:)?//|<(img|script|iframe)[^>]*\ssrc=[\"']?(https?:)?//", re.I)
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+SANITIZE = BOOK.parent / "notebooks" / "sanitize.cfg"
+SKIP_COMMENT = re.compile(r"^\s*#\s*(NBVAL_SKIP|PYTEST_VALIDATE_SKIP)\s*$", re.M)
+IGNORE_COMMENT = re.compile(r"^\s*#\s*NBVAL_IGNORE_OUTPUT\s*$", re.M)
+PLAIN_NUMBERS = ["0.913", "knowledge 0.955", "96 %", "440,960 parameters", "-0.024", "1e-03", "33/54"]
 
 
 def enabled_notebooks() -> list[Path]:
@@ -146,6 +153,15 @@ def lint(path: Path, repo_url: str) -> tuple[list[str], list[str]]:
             if EXTERNAL_MD.search(html or ""):
                 problems.append(f"code cell {i} outputs HTML that loads from the network")
 
+    # nbval runs every cell (a skipped cell's asserts never run)
+    for i, c in enumerate(code, 1):
+        if "nbval-skip" in c.get("metadata", {}).get("tags", []) or SKIP_COMMENT.search(_source(c)):
+            problems.append(f"code cell {i} is skipped by nbval: its asserts never run in CI; tag a cell whose "
+                            "printed numbers come out of training nbval-ignore-output instead")
+        if "nbval-ignore-output" in c.get("metadata", {}).get("tags", []) and IGNORE_COMMENT.search(_source(c)):
+            problems.append(f"code cell {i} has both the nbval-ignore-output tag and # NBVAL_IGNORE_OUTPUT "
+                            "(nbval warns): keep one")
+
     # 2. a first cell that works on Colab
     first = _source(code[0]) if code else ""
     if "google.colab" not in first or repo_url not in first or "get_device" not in first:
@@ -191,6 +207,23 @@ def lint(path: Path, repo_url: str) -> tuple[list[str], list[str]]:
     return problems, teaching_notes(cells, titled)
 
 
+def lint_sanitize(path: Path = SANITIZE) -> list[str]:
+    """No sanitize rule may blank plain numbers: that would hide every number of every notebook from nbval."""
+    import configparser
+    if not path.is_file():
+        return []
+    cfg = configparser.ConfigParser()
+    cfg.read(path)
+    problems = []
+    for name in cfg.sections():
+        regex = re.compile(cfg[name].get("regex", ""))
+        hits = [text for text in PLAIN_NUMBERS if regex.search(text)]
+        if hits:
+            problems.append(f"{path.name} [{name}] also matches plain numbers such as {hits[0]!r}: sanitize only "
+                            "what changes on every run (times, addresses); tag training outputs per cell")
+    return problems
+
+
 def main(argv=None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     strict = "--strict" in args
@@ -198,6 +231,9 @@ def main(argv=None) -> int:
     repo_url = yaml.safe_load(CONFIG.read_text())["repository"]["url"].rstrip("/")
     paths = [Path(a) for a in args] if args else enabled_notebooks()
     failed = noted = 0
+    for p in lint_sanitize():
+        failed += 1
+        print(f"lint_chapters: {p}")
     for path in paths:
         problems, notes = lint(path, repo_url)
         failed += bool(problems or (strict and notes))
