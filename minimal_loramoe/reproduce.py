@@ -171,7 +171,8 @@ def _stored_run(method, seed, lr, sizes, n_per_task, checkpoint, device, progres
 
 
 def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, checkpoint=None, device=None,
-                   progress: bool = True, workers: int = 1, mix: str = "easy", store=None, **config_overrides) -> dict:
+                   progress: bool = True, workers: int = 1, mix: str = "easy", store=None, only_stored: bool = False,
+                   **config_overrides) -> dict:
     """Fine-tune every method for every seed once on ``max(sft_sizes)`` examples, evaluating after each size.
 
     The learning rate is constant after warm-up and the data of size N is the first N examples of the largest
@@ -180,6 +181,8 @@ def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, 
     small CPU this beats one process with several threads, since the tiny model cannot keep two cores busy).
     ``store``: a run-store folder (e.g. ``RUNS_DIR``): runs found there are read instead of re-run, new runs are
     written there (only with the default checkpoint and settings, the ones the store describes).
+    ``only_stored``: with a store, summarise only the runs already stored and run nothing (a method may then have
+    fewer seeds than asked; ``summarize`` records which in ``seeds_of``).
     Returns the per-seed numbers: ``{"pretrained": metrics, "runs": {method: {seed: {size: metrics}}}}``.
     """
     for m in methods:
@@ -191,6 +194,8 @@ def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, 
         raise ValueError(f"workers must be >= 1, got {workers}")
     if store is not None and (checkpoint is not None or config_overrides):
         raise ValueError("store only holds runs of the default checkpoint and settings: pass store=None")
+    if only_stored and store is None:
+        raise ValueError("only_stored needs a store (e.g. RUNS_DIR)")
     checkpoint = checkpoint or DEFAULT_CHECKPOINT
     sizes = sorted(sft_sizes)
     base, tokenizer, world = load_pretrained(checkpoint, device=device)
@@ -200,6 +205,8 @@ def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, 
     run = one_run
     if store is not None:
         run = partial(_stored_run, root=store)
+    if only_stored:
+        jobs = [j for j in jobs if load_run(mix, EXTRA_RUNS.get(j[0], (j[0],))[0], j[2], j[1], sizes, store)]
     def report(job, evals):
         m, s, lr = job[:3]
         out["runs"].setdefault(m, {})[s] = evals
@@ -219,7 +226,7 @@ def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, 
             futures = {pool.submit(run, *job): job for job in jobs}
             for fut in tqdm(as_completed(futures), total=len(jobs), desc="fine-tuning runs", disable=not progress):
                 report(futures[fut], fut.result())
-    out["runs"] = {m: dict(sorted(out["runs"][m].items())) for m in methods}  # fixed order, whatever finished first
+    out["runs"] = {m: dict(sorted(out["runs"][m].items())) for m in methods if m in out["runs"]}  # fixed order
     return out
 
 
@@ -233,14 +240,16 @@ def summarize(raw: dict, sft_sizes, seeds, lrs) -> dict:
         res[key] = {"pretrained": raw["pretrained"][key]}
         res[key + "_std"] = {}
     res["downstream_by_task"] = {"pretrained": raw["pretrained"]["downstream_by_task"]}
-    res["weight_change"], res["router_group_weight"], res["per_seed"] = {}, {}, {}
+    res["weight_change"], res["router_group_weight"], res["per_seed"], res["seeds_of"] = {}, {}, {}, {}
     for method, by_seed in raw["runs"].items():
+        seeds_of = [s for s in seeds if s in by_seed]  # all of them, unless the store was read with only_stored
+        res["seeds_of"][method] = seeds_of
         for key in keys:
-            arr = np.array([[by_seed[s][n][key] for n in sizes] for s in seeds])  # (seeds, sizes)
+            arr = np.array([[by_seed[s][n][key] for n in sizes] for s in seeds_of])  # (seeds, sizes)
             res[key][method] = arr.mean(0).round(4).tolist()
             res[key + "_std"][method] = arr.std(0).round(4).tolist()
             res["per_seed"].setdefault(method, {})[key] = arr.round(4).tolist()
-        finals = [by_seed[s][sizes[-1]] for s in seeds]
+        finals = [by_seed[s][sizes[-1]] for s in seeds_of]
         res["downstream_by_task"][method] = {t: round(float(np.mean([f["downstream_by_task"][t] for f in finals])), 4)
                                              for t in finals[0]["downstream_by_task"]}
         res["weight_change"][method] = round(float(np.mean([f["weight_change"] for f in finals])), 4)
@@ -299,7 +308,11 @@ def main(argv=None):
                    help="fine-tunings run side by side, one CPU thread each (default: 3 on CPU -- on 2 cores three "
                         "runs then end together instead of leaving a core idle for the last one --, 1 on GPU)")
     p.add_argument("--threads", type=int, help="torch CPU threads of the main process (default: torch's choice)")
+    p.add_argument("--only-stored", action="store_true",
+                   help="--scale full: summarise the runs already in data/results/runs, run nothing")
     args = p.parse_args(argv)
+    if args.only_stored and not SCALES[args.scale]["store"]:
+        p.error("--only-stored needs a scale that uses the run store (full)")
     if args.threads:
         torch.set_num_threads(args.threads)
     scale = SCALES[args.scale]
@@ -308,8 +321,8 @@ def main(argv=None):
     lrs = tuned_learning_rates()
     t0 = time.time()
     raw = run_experiment(scale["sft_sizes"], seeds, methods, lrs, scale["n_per_task"], device=args.device,
-                         workers=min(args.workers, len(seeds) * len(methods)), mix=args.mix,
-                         store=RUNS_DIR if scale["store"] else None)
+                         workers=1 if args.only_stored else min(args.workers, len(seeds) * len(methods)), mix=args.mix,
+                         store=RUNS_DIR if scale["store"] else None, only_stored=args.only_stored)
     res = summarize(raw, scale["sft_sizes"], seeds, lrs)
     res["scale"], res["mix"], res["seconds"] = args.scale, args.mix, round(time.time() - t0, 1)
     print(format_table(res))

@@ -72,3 +72,14 @@ def test_cipher_mix_has_new_content_the_easy_mix_lacks():
         sft_dataset(world, 10, mix="hard")
     with pytest.raises(ValueError, match="knowledge_fraction \\+ new_content_fraction"):
         sft_dataset(world, 10, knowledge_fraction=0.8, mix="cipher", new_content_fraction=0.3)
+
+
+def test_reproduce_only_stored_summarises_what_the_store_holds(store):
+    lrs = {"full_ft": 1e-4, "lora": 1e-3}
+    raw = reproduce.run_experiment(SIZES, [0, 1], ["full_ft", "lora"], lrs, 20, progress=False, mix="cipher",
+                                   store=store, only_stored=True)
+    res = reproduce.summarize(raw, SIZES, [0, 1], lrs)
+    assert res["seeds_of"] == {"full_ft": [0], "lora": [0, 1]}  # full_ft has no stored seed 1: not run
+    assert len(res["per_seed"]["lora"]["new_content"]) == 2 and len(res["per_seed"]["full_ft"]["knowledge"]) == 1
+    with pytest.raises(ValueError, match="only_stored needs a store"):
+        reproduce.run_experiment(SIZES, [0], ["lora"], lrs, only_stored=True)
