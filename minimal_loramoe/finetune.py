@@ -233,6 +233,9 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
     which does not split into a mean of per-slice losses -- computed on the gathered router statistics of all
     processes (times P; see :func:`_gather_keeping_local_grad`). With one process both scalings are exactly 1.
     """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters: prepare it with prepare_model(model, config)")
     check_sft_dataset(dataset)
     rank, procs = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     if accelerator is not None:
@@ -251,9 +254,6 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
                          + (f" (the dataset has only {n})" if config.steps is None else ""))
 
     model = model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("model has no trainable parameters: prepare it with prepare_model(model, config)")
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     # The schedule counts optimizer steps (global batches). It is not handed to accelerator.prepare, whose
     # scheduler wrapper would step it once per process per step.
