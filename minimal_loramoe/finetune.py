@@ -261,6 +261,9 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
     objective = AnswerOnlyLoss(model)
     adapter_names = list(adapter_state_dict(model)) if adapter_layers(model) else None  # before any wrapping
     if accelerator is not None:
+        deepspeed = getattr(accelerator.state, "deepspeed_plugin", None)
+        if deepspeed is not None:  # DeepSpeed reads the per-process batch size from a DataLoader; we have none
+            deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = per_process
         objective, opt = accelerator.prepare(objective, opt)  # DDP/FSDP/DeepSpeed wrapper, device placement
         model = accelerator.unwrap_model(objective).model     # the LoRAMoE layers that keep `last_gates`
     lbc = LBC_OF_METHOD.get(config.method)
