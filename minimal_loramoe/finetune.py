@@ -24,6 +24,7 @@ import copy
 import math
 from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -31,7 +32,8 @@ from tqdm import tqdm  # text bars: widget bars cannot render in the static book
 
 from .balance import model_balance_loss
 from .evaluate import IGNORE_INDEX, answer_loss, encode_examples
-from .inject import ADAPTER_FILE, adapter_layers, adapter_state_dict, add_gated_lora, add_lora, add_loramoe, save_loramoe
+from .inject import (ADAPTER_FILE, adapter_layers, adapter_state_dict, add_gated_lora, add_lora, add_loramoe,
+                     save_loramoe)
 from .utils import get_device, set_seed
 
 METHODS = ("full_ft", "lora", "gated_lora", "loramoe_no_lbc", "loramoe_official_lbc", "loramoe",
@@ -315,8 +317,6 @@ def save_trained(objective, model, tokenizer, folder, adapter_names, accelerator
     Under FSDP or DeepSpeed ZeRO-3 each process holds only a shard of the weights: ``accelerator.get_state_dict``
     gathers the full tensors (every process must call it); only the main process writes.
     """
-    from pathlib import Path
-
     folder = Path(folder)
     state = accelerator.get_state_dict(objective) if accelerator is not None else objective.state_dict()
     state = {k.removeprefix("model."): v for k, v in state.items()}  # AnswerOnlyLoss keeps the LM as .model

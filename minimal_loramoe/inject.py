@@ -97,8 +97,9 @@ def save_loramoe(model: nn.Module, path, state_dict: dict | None = None) -> None
     if state_dict is None:
         state_dict = names
     elif set(state_dict) != set(names):
-        raise ValueError(f"state_dict must hold exactly the model's adapter tensors; missing "
-                         f"{sorted(set(names) - set(state_dict))[:5]}, unexpected {sorted(set(state_dict) - set(names))[:5]}")
+        missing, unexpected = sorted(set(names) - set(state_dict)), sorted(set(state_dict) - set(names))
+        raise ValueError(f"state_dict must hold exactly the model's adapter tensors; missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     save_file(tensors, os.fspath(path), metadata={"minimal_loramoe": json.dumps(getattr(model, CONFIG_ATTR))})
 
