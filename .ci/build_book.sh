@@ -7,8 +7,9 @@
 #      reporting all problems at once (--keep-going); --all so that no page is skipped as "unchanged",
 #   4. the built HTML loads no script, stylesheet, font or image from an http(s) URL.
 # Usage: .ci/build_book.sh [--check-pages]
-#   --check-pages  also open every page in headless Chromium (book/check_pages.py; installs Debian's chromium
-#                  with apt-get if it is missing) and save screenshots outside the repository.
+#   --check-pages  also open every page in headless Chromium (book/check_pages.py, driven by Playwright; installs
+#                  Playwright with pip and Debian's chromium with apt-get if they are missing, no browser download)
+#                  and save screenshots outside the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,5 +21,6 @@ python book/check_offline.py book/_build/html
 echo "build_book: book built and checked in $(( $(date +%s) - start )) s -> book/_build/html/index.html"
 
 if [[ "${1:-}" == "--check-pages" ]]; then
+  python -c "import playwright" 2>/dev/null || python -m pip install -q playwright==1.65.2
   python book/check_pages.py --install-chromium
 fi

@@ -1,7 +1,8 @@
 """Look at the built book in a real browser, as a reader would, and fail on what a reader would notice.
 
 Opens the landing page, every page listed in book/_toc.yml and the search page in headless Chromium (Debian's
-``chromium`` package), driven over the DevTools protocol. For each page it waits until the page has loaded,
+``chromium`` package), driven by Playwright for Python (``pip install playwright``; it launches that binary, no browser
+download). For each page it waits until the page has loaded,
 MathJax has finished typesetting and every image has loaded or failed, then checks:
 
 - math: every ``.math`` element was typeset by MathJax, no MathJax error box, and no raw TeX (``\\(`` ``\\)``
@@ -21,22 +22,18 @@ outside the repository by default, so that a person can look at them.
     python book/check_pages.py --install-chromium    # apt-get install chromium first if it is missing (CI)
     python book/check_pages.py --pages intro notebooks/01_world --out /tmp/shots
 
-Exit status 1 when a check fails, 2 when Chromium is missing.
+Exit status 1 when a check fails, 2 when Chromium or Playwright is missing.
 """
 import argparse
-import base64
 import functools
 import http.server
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -44,10 +41,14 @@ import yaml
 BOOK = Path(__file__).resolve().parent
 WIDTH, HEIGHT = 1280, 1600
 SEARCH_QUERY = "LoRA"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--hide-scrollbars", "--no-default-browser-check", "--disable-default-apps",
+         "--disable-extensions"]
 
 # Runs in the page once it has loaded: waits for MathJax and the images, then reports what a reader would see.
 INSPECT_JS = r"""
-(async () => {
+async () => {
   const sleep = ms => new Promise(r => setTimeout(r, ms));
   for (let i = 0; i < 100 && !(window.MathJax && MathJax.startup && MathJax.startup.promise)
        && document.querySelector('.math'); i++) await sleep(100);
@@ -93,22 +94,22 @@ INSPECT_JS = r"""
     plotY: plots.length ? y(plots[0]) : null,
     height: document.documentElement.scrollHeight,
   };
-})()
+}
 """
 
 # Switch the theme the way its toggle button does, then report the background behind the output images.
 DARK_JS = r"""
-(async () => {
+async () => {
   document.documentElement.dataset.theme = 'dark';
   document.documentElement.dataset.mode = 'dark';
   await new Promise(r => setTimeout(r, 300));
   const plots = [...document.querySelectorAll('main .cell_output img, main figure img')];
   return plots.map(i => getComputedStyle(i).backgroundColor);
-})()
+}
 """
 
 SEARCH_JS = r"""
-(async () => {
+async () => {
   for (let i = 0; i < 150; i++) {  // Sphinx writes "Search finished, found N page(s)..." when it is done
     const status = document.querySelector('#search-results .search-summary, #search-results p');
     const m = status && status.textContent.match(/found (\d+) page|did not match/i);
@@ -116,135 +117,59 @@ SEARCH_JS = r"""
     await new Promise(r => setTimeout(r, 100));
   }
   return -1;
-})()
+}
 """
 
 
 class Browser:
-    """A headless Chromium driven over the DevTools protocol (one tab)."""
+    """One tab of a headless Chromium driven by Playwright, recording what a reader would notice."""
 
-    def __init__(self, binary: str, local: str):
-        import websocket  # websocket-client, installed with jupyter_server
-
+    def __init__(self, playwright, binary: str, local: str):
         self.local = local  # the origin of the local server: requests to it stay on the machine
-        self.profile = tempfile.mkdtemp(prefix="check-pages-chromium-")
-        self.log = open(Path(self.profile) / "stderr.log", "w+")
-        flags = [
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-            "--no-first-run", "--no-default-browser-check", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions",
-            "--remote-debugging-port=0", "--remote-allow-origins=*", f"--user-data-dir={self.profile}",
-            f"--window-size={WIDTH},{HEIGHT}", "about:blank",
-        ]
-        # Its own process group, so that close() ends exactly the processes started here.
-        self.proc = subprocess.Popen([binary, *flags], stdout=subprocess.DEVNULL, stderr=self.log,
-                                     start_new_session=True)
-        port = self._port()
-        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
-        page = next(t for t in targets if t["type"] == "page")
-        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
-        self._id, self.events = 0, []
-        for domain in ("Page", "Runtime", "Network"):
-            self.call(f"{domain}.enable")
+        self.browser = playwright.chromium.launch(executable_path=binary, headless=True, args=FLAGS)
+        self.page = self.browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+        self.page.set_default_timeout(60_000)
+        self.problems: list[str] = []
+        self.page.on("request", self._on_request)
+        self.page.on("response", self._on_response)
+        self.page.on("requestfailed", self._on_failed)
+        self.page.on("pageerror", lambda error: self.problems.append(
+            f"uncaught JavaScript error: {str(error).splitlines()[0][:160]}"))
 
-    def _port(self) -> int:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            self.log.seek(0)
-            for line in self.log:
-                if "DevTools listening on ws://" in line:
-                    return int(line.split("ws://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        self.log.seek(0)
-        raise RuntimeError("Chromium did not start:\n" + self.log.read()[-2000:])
+    def _on_request(self, request) -> None:
+        url = request.url
+        if url.startswith(("http://", "https://")) and not url.startswith(self.local + "/"):
+            self.problems.append(f"requested {url} (the book must work offline)")
 
-    def call(self, method: str, **params):
-        self._id += 1
-        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == self._id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-            self.events.append(msg)
+    def _on_response(self, response) -> None:
+        if response.status >= 400 and not response.url.endswith("/favicon.ico"):  # asked for by the browser
+            self.problems.append(f"HTTP {response.status} for {response.url} (a file missing from the build?)")
 
-    def wait_for(self, event: str, timeout: float = 60):
-        deadline = time.time() + timeout
-        for i, msg in enumerate(self.events):
-            if msg.get("method") == event:
-                return self.events.pop(i)
-        while time.time() < deadline:
-            msg = json.loads(self.ws.recv())
-            if msg.get("method") == event:
-                return msg
-            self.events.append(msg)
-        raise TimeoutError(event)
-
-    def evaluate(self, js: str):
-        result = self.call("Runtime.evaluate", expression=js, awaitPromise=True, returnByValue=True, timeout=60000)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"page script failed: {result['exceptionDetails'].get('text')}")
-        return result["result"].get("value")
+    def _on_failed(self, request) -> None:
+        error = request.failure or "?"
+        if "ERR_ABORTED" not in error:  # a request the page itself cancelled
+            self.problems.append(f"failed to load {request.url}: {error}")
 
     def goto(self, url: str) -> None:
-        self.events.clear()
-        self.call("Page.navigate", url=url)
-        self.wait_for("Page.loadEventFired")
+        self.page.goto(url, wait_until="load")
+
+    def evaluate(self, js: str):
+        return self.page.evaluate(js)
 
     def screenshot(self, path: Path, y: float = 0) -> None:
         """What a reader sees after scrolling to ``y``: the viewport, sticky header included."""
-        self.evaluate(f"(async () => {{ window.scrollTo(0, {max(0, y)}); await new Promise(r => setTimeout(r, 250)); }})()")
-        data = self.call("Page.captureScreenshot", format="png")["data"]
-        path.write_bytes(base64.b64decode(data))
+        self.page.evaluate(f"window.scrollTo(0, {max(0, y)})")
+        self.page.wait_for_timeout(250)
+        self.page.screenshot(path=path)
 
     def drain_problems(self) -> list[str]:
         """Network requests that left the machine, local files that failed to load, uncaught JS errors."""
-        try:  # collect what arrived after the last call
-            self.ws.settimeout(0.2)
-            while True:
-                self.events.append(json.loads(self.ws.recv()))
-        except Exception:
-            pass
-        finally:
-            self.ws.settimeout(60)
-        problems, urls = [], {}
-        for msg in self.events:
-            method, p = msg.get("method"), msg.get("params", {})
-            if method == "Network.requestWillBeSent":
-                url = p["request"]["url"]
-                urls[p["requestId"]] = url
-                if url.startswith(("http://", "https://")) and not url.startswith(self.local + "/"):
-                    problems.append(f"requested {url} (the book must work offline)")
-            elif (method == "Network.responseReceived" and p["response"].get("status", 200) >= 400
-                  and not p["response"]["url"].endswith("/favicon.ico")):  # asked for by the browser, not the page
-                problems.append(f"HTTP {p['response']['status']} for {p['response']['url']} (a file missing from the build?)")
-            elif method == "Network.loadingFailed" and not p.get("canceled"):
-                problems.append(f"failed to load {urls.get(p['requestId'], '?')}: {p.get('errorText')}")
-            elif method == "Runtime.exceptionThrown":
-                d = p["exceptionDetails"]
-                text = d.get("exception", {}).get("description") or d.get("text")
-                problems.append(f"uncaught JavaScript error: {str(text).splitlines()[0][:160]}")
-        self.events.clear()
+        self.page.wait_for_timeout(200)  # let late events arrive
+        problems, self.problems = self.problems, []
         return problems
 
     def close(self) -> None:
-        try:
-            self.ws.close()
-        except Exception:
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=10)
-        except Exception:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except Exception:
-                pass
-        self.log.close()
-        shutil.rmtree(self.profile, ignore_errors=True)
+        self.browser.close()
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -351,6 +276,11 @@ def main(argv=None) -> int:
     p.add_argument("--install-chromium", action="store_true", help="apt-get install chromium if it is missing")
     args = p.parse_args(argv)
 
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        print("check_pages: Playwright not found: pip install playwright (no browser download needed).")
+        return 2
     binary = find_chromium(args.install_chromium)
     if binary is None:
         print("check_pages: Chromium not found. Install Debian's package (apt-get install chromium) or run with "
@@ -360,7 +290,8 @@ def main(argv=None) -> int:
     pages = args.pages or toc_pages()
     start, failures = time.time(), 0
     server, base = serve(args.html)
-    browser = Browser(binary, local=base)
+    playwright = sync_playwright().start()
+    browser = Browser(playwright, binary, local=base)
     try:
         for page in pages:
             t0 = time.time()
@@ -377,6 +308,7 @@ def main(argv=None) -> int:
                 print(f"check_pages:      {problem}")
     finally:
         browser.close()
+        playwright.stop()
         server.shutdown()
     print(f"check_pages: {len(pages)} pages in {time.time() - start:.0f} s, {failures} failing; "
           f"screenshots in {args.out}")

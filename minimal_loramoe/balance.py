@@ -19,6 +19,15 @@ knowledge group (the groups still separate by type, only mirrored; issue #22 of 
 ``corrected_localized_balance_loss`` swaps the two coefficients, so its optimum is
 Q_match / Q_other = (1 + delta) / (1 - delta), and divides Q by each sample's number of real tokens, so that
 long samples do not dominate the loss merely by being long.
+
+With identity experts (SLIM, :class:`~minimal_loramoe.LoRAMoELinear`'s ``num_identity_experts``) the groups are
+made of the LoRA experts only, and :func:`model_balance_loss` renormalises their gates to sum to 1 per token
+before the loss (:func:`lora_gates`). The constraint then shapes how the *adapter* weight is split between the
+knowledge and the task group, and leaves free how much weight a token gives to the identity experts. Counted
+unnormalised, a sample that sends much weight to the identity experts would have small Q entries, and the
+coefficient of variation would push every sample towards the same identity share -- against what SLIM wants
+(knowledge samples keeping the frozen path more than task samples). Identity experts have no parameters to
+specialise, so putting them into either group would constrain nothing useful.
 """
 import torch
 
@@ -116,12 +125,23 @@ def corrected_localized_balance_loss(gates, task_types, delta: float = 0.1, beta
     return beta * cv_squared(balance_matrix(gates, task_types, delta, attention_mask, corrected=True))
 
 
+def lora_gates(layer: LoRAMoELinear) -> torch.Tensor:
+    """The layer's last gates restricted to its LoRA experts (..., E), renormalised to sum to 1 per token when
+    it has identity experts (tokens that gave every weight to identity experts get all zeros)."""
+    if layer.last_gates is None:
+        raise ValueError("no router weights stored yet: run a forward pass before model_balance_loss")
+    if not layer.num_identity_experts:
+        return layer.last_gates  # (..., E), exactly what plain LoRAMoE has always used
+    g = layer.last_gates[..., :layer.num_experts]  # (..., E)
+    return g / g.sum(-1, keepdim=True).clamp(min=1e-12)
+
+
 def model_balance_loss(model, task_types, attention_mask=None, delta: float = 0.1, beta: float = 0.1,
                        variant: str = "official", gather=None) -> torch.Tensor:
     """Sum of the localized balancing loss over every LoRAMoE layer of ``model`` after a forward pass.
 
     The paper adds one such loss per LoRAMoE layer to the cross-entropy: ``loss = ce + model_balance_loss(...)``.
-    ``variant`` is ``"official"`` or ``"corrected"``.
+    ``variant`` is ``"official"`` or ``"corrected"``. Identity experts, if any, are left out (module docstring).
 
     ``gather``, if given, maps the stacked per-layer Z matrices (L, B, E) of this process's batch to those of the
     whole global batch (L, B_global, E) -- for data-parallel training, where each process holds only a slice of
@@ -132,9 +152,7 @@ def model_balance_loss(model, task_types, attention_mask=None, delta: float = 0.
     layers = [m for m in model.modules() if isinstance(m, LoRAMoELinear)]
     if not layers:
         raise ValueError("model has no LoRAMoELinear layers: call add_loramoe(model) first")
-    if any(layer.last_gates is None for layer in layers):
-        raise ValueError("no router weights stored yet: run a forward pass before model_balance_loss")
-    zs = [balance_matrix(layer.last_gates, task_types, delta, attention_mask, corrected=variant == "corrected")
+    zs = [balance_matrix(lora_gates(layer), task_types, delta, attention_mask, corrected=variant == "corrected")
           for layer in layers]
     if gather is not None:
         zs = gather(torch.stack(zs))  # one collective for all layers, not one per layer

@@ -10,8 +10,22 @@ Methods (the keys used everywhere in the book and in ``reproduce``):
     loramoe                  LoRAMoE + the corrected localized balancing loss (the variant this book recommends)
     loramoe_uniform_router   LoRAMoE with its router frozen at zero, i.e. every gate exactly 1/E (a control)
 
+Beyond the paper, SLIM (Han et al., 2025, arXiv 2410.07739) and its parts, all with the same E experts of rank r
+as ``loramoe`` (so the same adapter parameters; only the router grows by the identity experts' rows):
+
+    mixlora_top2             sparse LoRA-MoE: top-2 of the E experts, no constraint (MixLoRA-like)
+    slim                     E LoRA + 2 identity experts, top-2, weight yielding, L1 penalty + DARE masks at eval
+    slim_no_identity         slim without identity experts (hence without weight yielding, which yields to them)
+    slim_no_yield            slim without weight yielding
+    slim_no_merge            slim without dynamic merging (no L1 penalty, no DARE masks)
+
+(each ablation removes one of SLIM's three parts; the settings are in ``METHOD_SETTINGS`` and any of them can be
+overridden through ``FinetuneConfig``, e.g. ``mask_rate=0`` to evaluate slim without the masks.)
+
 The loss is the cross-entropy on the answer tokens only (the prompt is context), plus, for LoRAMoE with a
-constraint, the localized balancing loss summed over all LoRAMoE layers (Dou et al., 2024, Eq. 9).
+constraint, the localized balancing loss summed over all LoRAMoE layers (Dou et al., 2024, Eq. 9), plus, with
+``l1_weight > 0``, SLIM's L1 penalty on the adapters. With ``mask_rate > 0`` every evaluation sees the experts
+DARE-masked (:func:`~minimal_loramoe.slim.dare_masked`); training always uses the unmasked experts.
 
 One loop, :func:`sft_loop`, trains every model of the book -- the tiny LLaMA (through :func:`finetune`), SmolLM2
 (``smollm.train_sft``) and any Hugging Face causal LM (``python -m minimal_loramoe.train``, on one or many
@@ -22,6 +36,8 @@ fixed-length recipe instead.
 """
 import copy
 import math
+import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -32,15 +48,32 @@ from tqdm import tqdm  # text bars: widget bars cannot render in the static book
 
 from .balance import model_balance_loss
 from .evaluate import IGNORE_INDEX, answer_loss, encode_examples
-from .inject import (ADAPTER_FILE, adapter_layers, adapter_state_dict, add_gated_lora, add_lora, add_loramoe,
-                     save_loramoe)
+from .inject import (ADAPTER_FILE, SLIM_DEFAULTS, adapter_layers, adapter_state_dict, add_gated_lora, add_lora,
+                     add_loramoe, save_loramoe)
+from .loramoe import check_slim_args
+from .slim import dare_masked, l1_penalty
 from .utils import get_device, set_seed
 
-METHODS = ("full_ft", "lora", "gated_lora", "loramoe_no_lbc", "loramoe_official_lbc", "loramoe",
-           "loramoe_uniform_router")
 LBC_OF_METHOD = {"loramoe_official_lbc": "official", "loramoe": "corrected"}
 SCHEDULES = ("constant", "cosine")
 COLUMNS = ("prompt", "answer", "type")
+# SLIM's settings per method, not tuned: the paper's K = 2 and 2 identity experts; 8 clusters per layer; masking
+# rate p = 0.5 (the paper: too large hurts the tasks, too small does not stop forgetting); l1_weight = 10, so the
+# penalty's gradient per adapter entry, 10 / (E r (d_in + d_out)) ~ 1e-3, is of the order of the cross-entropy's
+# after a few dozen steps (1e-3 to 1e-2, measured on slim at lr 1e-3 on the cipher mix); at 1 it would be ~1 %.
+_SLIM = dict(top_k=2, num_identity_experts=2, num_clusters=8, yield_scale=1.0, l1_weight=10.0, mask_rate=0.5)
+METHOD_SETTINGS = {
+    "mixlora_top2": dict(top_k=2),
+    "slim": _SLIM,
+    "slim_no_identity": {**_SLIM, "num_identity_experts": 0, "num_clusters": 0},
+    "slim_no_yield": {**_SLIM, "num_clusters": 0},
+    "slim_no_merge": {**_SLIM, "l1_weight": 0.0, "mask_rate": 0.0},
+}
+SLIM_METHODS = tuple(METHOD_SETTINGS)
+METHODS = ("full_ft", "lora", "gated_lora", "loramoe_no_lbc", "loramoe_official_lbc", "loramoe",
+           "loramoe_uniform_router") + SLIM_METHODS
+# what a field left at None means for methods without an entry in METHOD_SETTINGS: plain LoRAMoE, no penalty
+_DEFAULTS = {**SLIM_DEFAULTS, "l1_weight": 0.0, "mask_rate": 0.0}
 
 
 @dataclass
@@ -50,6 +83,9 @@ class FinetuneConfig:
     ``batch_size`` is per process: with P data-parallel processes a step trains on ``P * batch_size`` samples.
     ``steps=None`` is one pass over the data; ``steps=N`` is N steps, reshuffling each time the data runs out.
     ``schedule``: ``"constant"`` after ``warmup_steps`` of linear warm-up, or ``"cosine"`` decay to 0 at the end.
+
+    The SLIM fields (``top_k`` ... ``mask_rate``) left at None take the method's value from ``METHOD_SETTINGS``
+    (plain LoRAMoE's for the other methods); ``l1_weight`` and ``mask_rate`` apply to any LoRAMoE-layer method.
     """
     method: str = "loramoe"
     lr: float = 5e-4
@@ -65,10 +101,31 @@ class FinetuneConfig:
     seed: int = 0
     steps: int | None = None
     schedule: str = "constant"
+    top_k: int | None = None
+    num_identity_experts: int | None = None
+    num_clusters: int | None = None
+    yield_scale: float | None = None
+    l1_weight: float | None = None  # weight of slim.l1_penalty in the loss
+    mask_rate: float | None = None  # DARE masking rate p at evaluation
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        settings = {**_DEFAULTS, **METHOD_SETTINGS.get(self.method, {})}
+        for name, value in settings.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.method in ("full_ft", "lora", "gated_lora") and any(
+                getattr(self, k) != v for k, v in _DEFAULTS.items()):
+            raise ValueError(f"top_k, num_identity_experts, num_clusters, yield_scale, l1_weight and mask_rate need "
+                             f"a LoRAMoE-layer method, not method={self.method!r}")
+        check_slim_args(self.num_experts, self.top_k, self.num_identity_experts, self.num_clusters,
+                         self.yield_scale)
+        if isinstance(self.l1_weight, bool) or not isinstance(self.l1_weight, (int, float)) or self.l1_weight < 0:
+            raise ValueError(f"l1_weight must be a number >= 0, got {self.l1_weight!r}")
+        if isinstance(self.mask_rate, bool) or not isinstance(self.mask_rate, (int, float)) or \
+                not 0 <= self.mask_rate < 1:
+            raise ValueError(f"mask_rate must be a number in [0, 1), got {self.mask_rate!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.batch_size < 1:
@@ -95,7 +152,9 @@ def prepare_model(base_model, config: FinetuneConfig, copy_model: bool = True):
         return add_lora(model, rank=c.num_experts * c.rank, alpha=c.alpha, dropout=c.dropout)
     if c.method == "gated_lora":
         return add_gated_lora(model, rank=c.num_experts * c.rank, alpha=c.alpha, dropout=c.dropout)
-    model = add_loramoe(model, num_experts=c.num_experts, rank=c.rank, alpha=c.alpha, dropout=c.dropout)
+    model = add_loramoe(model, num_experts=c.num_experts, rank=c.rank, alpha=c.alpha, dropout=c.dropout,
+                        top_k=c.top_k, num_identity_experts=c.num_identity_experts, num_clusters=c.num_clusters,
+                        yield_scale=c.yield_scale)
     if c.method == "loramoe_uniform_router":
         for layer in adapter_layers(model).values():  # softmax(0) = 1/E for every expert, and it stays there
             torch.nn.init.zeros_(layer.router.weight)
@@ -112,7 +171,8 @@ def finetune(base_model, tokenizer, dataset, config: FinetuneConfig, eval_every=
             called; its results are returned in ``history["evals"]``. The data order is fixed by ``config.seed``
             and does not depend on ``eval_every``.
     Returns:
-        (model, history) with history = {"config", "loss", "lbc", "evals"}.
+        (model, history) with history = {"config", "loss", "lbc", "l1", "evals"}; the model is returned unmasked
+        (with ``mask_rate > 0`` wrap its use in ``dare_masked(model, config.mask_rate, config.seed)``).
     """
     device = get_device(device)
     set_seed(config.seed)
@@ -208,6 +268,15 @@ def _gather_keeping_local_grad(accelerator, z: torch.Tensor) -> torch.Tensor:
     return torch.cat([everyone[:, :r * b], z, everyone[:, (r + 1) * b:]], dim=1)
 
 
+def _shards_parameters(accelerator) -> bool:
+    """Whether the parameters are split across processes outside the forward pass (FSDP, DeepSpeed ZeRO-3)."""
+    kind = str(accelerator.distributed_type)
+    if kind.endswith("FSDP"):
+        return True
+    deepspeed = getattr(accelerator.state, "deepspeed_plugin", None)
+    return kind.endswith("DEEPSPEED") and deepspeed is not None and deepspeed.zero_stage == 3
+
+
 def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_encoder, accelerator=None,
              device=None, eval_every=None, eval_fn=None, save_to=None, progress: bool = True) -> dict:
     """Train whatever requires a gradient in ``model`` on ``dataset`` with AdamW: the one SFT loop of the book.
@@ -224,8 +293,9 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
         save_to: a folder to write the result into at the end: ``adapter.safetensors`` (see ``save_loramoe``), or
             for full fine-tuning the whole model with ``save_pretrained`` (safetensors) and the tokenizer.
     Returns:
-        history = {"config", "loss", "lbc", "evals"}: the answer-only cross-entropy and the balancing loss of
-        every step, both over the whole global batch.
+        history = {"config", "loss", "lbc", "l1", "evals"}: the answer-only cross-entropy and the balancing loss
+        of every step, both over the whole global batch, and SLIM's weighted L1 penalty (``l1_weight > 0`` only).
+        With ``mask_rate > 0`` each ``eval_fn`` call sees the experts DARE-masked; the model is left unmasked.
 
     Data parallelism, and why P processes train exactly like one. Each step takes one global batch of
     ``P * config.batch_size`` rows (:func:`batch_indices`) and process r trains on its r-th contiguous slice.
@@ -234,12 +304,22 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
     tokens of the *global* batch (times P), and the balancing loss -- a variance over all samples of the batch,
     which does not split into a mean of per-slice losses -- computed on the gathered router statistics of all
     processes (times P; see :func:`_gather_keeping_local_grad`). With one process both scalings are exactly 1.
+    SLIM's L1 penalty is *not* scaled: it depends on the parameters only, which are the same in every process, so
+    every process adds the same penalty and the same gradient, and DDP's average of P equal gradients is that
+    gradient -- exactly the one-process one. (Under FSDP or ZeRO-3, where a process holds only a shard of the
+    adapters outside the forward pass, the penalty would see that shard only: that case is refused.) SLIM's
+    weight yielding is the exception to "exactly like one": its cluster buffers follow process 0's slices (warned).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters: prepare it with prepare_model(model, config)")
     check_sft_dataset(dataset)
     rank, procs = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    if accelerator is not None and _shards_parameters(accelerator) and (
+            config.l1_weight > 0 or (config.mask_rate > 0 and eval_fn is not None)):
+        raise ValueError("l1_weight > 0 and DARE-masked evaluation (mask_rate > 0 with eval_fn) read the whole "
+                         "adapters outside the forward pass, which FSDP and DeepSpeed ZeRO-3 shard across processes: "
+                         "train with DDP (or ZeRO-1/2), or set l1_weight=0 / mask_rate=0")
     if accelerator is not None:
         device = accelerator.device
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -268,10 +348,14 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
             deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = per_process
         objective, opt = accelerator.prepare(objective, opt)  # DDP/FSDP/DeepSpeed wrapper, device placement
         model = accelerator.unwrap_model(objective).model     # the LoRAMoE layers that keep `last_gates`
+    if procs > 1 and config.num_clusters and is_main:
+        warnings.warn("SLIM's weight yielding (num_clusters > 0) updates its cluster buffers from each process's "
+                      "slice and DDP copies process 0's to the others at every step: with several processes the "
+                      "clusters follow process 0's slices only, and the run does not train exactly like one process")
     lbc = LBC_OF_METHOD.get(config.method)
     gather = partial(_gather_keeping_local_grad, accelerator) if procs > 1 else None
 
-    history = {"config": asdict(config), "loss": [], "lbc": [], "evals": {}}
+    history = {"config": asdict(config), "loss": [], "lbc": [], "l1": [], "evals": {}}
     bar = tqdm(batches, desc=config.method, disable=not (progress and is_main), leave=False)
     for step, idx in enumerate(bar):
         rows = dataset[idx[rank * per_process:(rank + 1) * per_process]]  # this process's slice of the batch
@@ -288,6 +372,10 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
                                      beta=config.lbc_beta, variant=lbc, gather=gather)
             total = total + (aux * procs if procs > 1 else aux)
             history["lbc"].append(aux.item())
+        if config.l1_weight > 0:  # the same in every process and not rescaled (see the docstring)
+            l1 = config.l1_weight * l1_penalty(model)
+            total = total + l1
+            history["l1"].append(l1.item())
         opt.zero_grad(set_to_none=True)
         if accelerator is not None:
             accelerator.backward(total)
@@ -301,7 +389,9 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
                             **({"lbc": f"{history['lbc'][-1]:.4f}"} if lbc is not None else {}))
         seen = min(n, (step + 1) * per_process * procs) if config.steps is None else (step + 1) * per_process * procs
         while checkpoints and seen >= checkpoints[0]:
-            history["evals"][checkpoints[0]] = eval_fn(model, checkpoints[0]) if eval_fn else None
+            masked = eval_fn is not None and config.mask_rate > 0  # SLIM evaluates DARE-masked experts
+            with dare_masked(model, config.mask_rate, config.seed) if masked else nullcontext():  # same masks
+                history["evals"][checkpoints[0]] = eval_fn(model, checkpoints[0]) if eval_fn else None
             model.train()
             checkpoints.pop(0)
     model.eval()

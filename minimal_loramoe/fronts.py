@@ -20,7 +20,6 @@ Every run is stored on its own, as soon as it ends, in ``data/results/runs/<mix>
 """
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +27,10 @@ import torch
 from tqdm import tqdm
 
 from .finetune import METHODS
-from .reproduce import RESULTS_DIR, one_run
+from .reproduce import RESULTS_DIR, RUNS_DIR, SCALES, load_run, run_point
 from .world import MIXES
 
-RUNS_DIR = RESULTS_DIR / "runs"
-SFT_SIZES = (4000, 16000, 64000, 256000)  # evaluated along one pass (constant lr after warm-up)
-N_PER_TASK = 100
+SFT_SIZES = tuple(SCALES["full"]["sft_sizes"])  # evaluated along one pass (constant lr after warm-up)
 METRICS = ("knowledge", "knowledge_instruction", "downstream", "new_content")
 # Bracketed grids: full fine-tuning moves every weight and needs ~10x smaller rates than the adapters.
 GRIDS = {
@@ -44,38 +41,13 @@ GRIDS = {
     "loramoe_no_lbc": (5e-4, 1e-3, 2e-3),
     "loramoe_official_lbc": (5e-4, 1e-3, 2e-3),
     "loramoe_uniform_router": (5e-4, 1e-3, 2e-3, 5e-3),
+    # SLIM and its parts (beyond the paper): the same bracket as loramoe, the same E and r
+    "mixlora_top2": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
+    "slim": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
+    "slim_no_identity": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
+    "slim_no_yield": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
+    "slim_no_merge": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
 }
-
-
-def run_path(mix: str, method: str, lr: float, seed: int, root=RUNS_DIR) -> Path:
-    return Path(root) / mix / method / f"lr{lr:g}-seed{seed}.json"
-
-
-def load_run(mix, method, lr, seed, sizes=SFT_SIZES, root=RUNS_DIR):
-    """The stored run, or None if there is none that covers ``sizes``."""
-    path = run_path(mix, method, lr, seed, root)
-    if not path.is_file():
-        return None
-    run = json.loads(path.read_text())
-    if not set(map(str, sizes)) <= set(run["evals"]):
-        return None
-    return run
-
-
-def run_point(mix, method, lr, seed, sizes=SFT_SIZES, threads=1, root=RUNS_DIR) -> dict:
-    """Fine-tune one grid point (or return it from the store) and store it. Runs in a worker process too."""
-    run = load_run(mix, method, lr, seed, sizes, root)
-    if run is not None:
-        return run
-    t0 = time.time()
-    evals = one_run(method, seed, lr, sorted(sizes), N_PER_TASK, threads=threads, mix=mix)
-    run = {"mix": mix, "method": method, "lr": lr, "seed": seed, "sft_sizes": sorted(sizes),
-           "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
-           "evals": {str(n): v for n, v in evals.items()}}
-    path = run_path(mix, method, lr, seed, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(run, indent=1))
-    return run
 
 
 def run_grid(points, workers: int = 2, sizes=SFT_SIZES, root=RUNS_DIR, progress=True):
@@ -134,6 +106,76 @@ def collect(mix: str, root=RUNS_DIR, sizes=SFT_SIZES) -> dict:
     return out
 
 
+def best_at(fronts: dict, method: str, learned: str = "downstream", at_least: float = 0.9):
+    """The learning rate (as stored, e.g. ``"0.001"``) and point with the most knowledge among the method's points
+    that learned at least ``at_least`` (``learned``: "downstream" or "new_content"); ``(None, None)`` if none did.
+
+    This is the matched-learning comparison: "how much knowledge does the method keep once it has learned this
+    much?" -- each method at its own best learning rate, not at a borrowed one.
+    """
+    if learned not in ("downstream", "new_content"):
+        raise ValueError(f"learned must be 'downstream' or 'new_content', got {learned!r}")
+    points = {lr: p for lr, p in fronts["tradeoff"].get(method, {}).items() if p.get(learned, -1) >= at_least}
+    if not points:
+        return None, None
+    lr = max(points, key=lambda k: points[k]["knowledge"])
+    return lr, points[lr]
+
+
+def plot_fronts(fronts: dict, learned: str = "downstream", methods=("full_ft", "lora", "loramoe"), ax=None):
+    """Knowledge kept (y) against what was learned (x), one line per method through its learning rates.
+
+    Error bars: standard deviation over seeds (points with one seed have none). Each point is labelled with its
+    learning rate; up and to the right is better.
+    """
+    import matplotlib.pyplot as plt
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4.5), facecolor="white")
+    for method in methods:
+        grid = fronts["tradeoff"].get(method, {})
+        lrs = sorted(grid, key=float)
+        if not lrs:
+            continue
+        x = [grid[lr][learned] for lr in lrs]
+        y = [grid[lr]["knowledge"] for lr in lrs]
+        xe = [grid[lr][learned + "_std"] for lr in lrs]
+        ye = [grid[lr]["knowledge_std"] for lr in lrs]
+        line = ax.errorbar(x, y, xerr=xe, yerr=ye, marker="o", capsize=2, label=method)
+        for xi, yi, lr in zip(x, y, lrs):
+            ax.annotate(f"{float(lr):g}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                        color=line[0].get_color())
+    what = {"downstream": "task accuracy (4 easy tasks)", "new_content": "new-content accuracy (cipher)"}[learned]
+    ax.set(xlabel=what, ylabel="held-out knowledge kept", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
+           title=f"{fronts['mix']} mix, {fronts['largest'] // 1000}k SFT examples")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return ax
+
+
+def summary_figure(fixed: dict, easy: dict, cipher: dict, path=None, methods=("full_ft", "lora", "loramoe")):
+    """The book's landing figure: forgetting as the data grows under a fixed recipe (``reproduce --scale full``),
+    then the learning-forgetting fronts at the largest size on the easy and on the cipher mix."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3), facecolor="white")
+    ax = axes[0]
+    for m in methods:
+        ax.errorbar(fixed["sft_sizes"], fixed["knowledge"][m], yerr=fixed["knowledge_std"][m], marker="o", capsize=3,
+                    label=f"{m} (lr {fixed['lr'][m]:g})")
+    ax.axhline(fixed["knowledge"]["pretrained"], color="black", ls="--", lw=1, label="pretrained")
+    ax.set(xscale="log", xlabel="SFT examples (easy mix)", ylabel="held-out knowledge kept", ylim=(-0.02, 1.02),
+           title="fixed recipe: lr tuned at 16k, data grows")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    plot_fronts(easy, "downstream", methods, axes[1])
+    plot_fronts(cipher, "new_content", methods, axes[2])
+    axes[1].set_title(f"fronts, easy mix ({easy['largest'] // 1000}k): each point one lr")
+    axes[2].set_title(f"fronts, cipher mix ({cipher['largest'] // 1000}k): new content to learn")
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=110, facecolor="white")
+    return fig
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.fronts")
     sub = p.add_subparsers(dest="command", required=True)
@@ -145,6 +187,7 @@ def main(argv=None):
     r.add_argument("--workers", type=int, default=2)
     c = sub.add_parser("collect", help="average the stored runs into data/results/fronts_<mix>.json")
     c.add_argument("--mix", nargs="+", choices=MIXES, default=list(MIXES))
+    c.add_argument("--figure", help="also draw the summary figure (needs data/results/reproduce_cpu.json)")
     args = p.parse_args(argv)
     if args.command == "run":
         points = [(args.mix, m, lr, s) for s in args.seeds for m in args.methods for lr in (args.lrs or GRIDS[m])]
@@ -155,6 +198,11 @@ def main(argv=None):
             path = RESULTS_DIR / f"fronts_{mix}.json"
             path.write_text(json.dumps(out, indent=1))
             print(f"{mix}: {sum(len(v) for v in out['tradeoff'].values())} points written to {path}")
+        if args.figure:
+            load = lambda name: json.loads((RESULTS_DIR / name).read_text())  # noqa: E731
+            summary_figure(load("reproduce_cpu.json"), load("fronts_easy.json"), load("fronts_cipher.json"),
+                           args.figure)
+            print(f"figure saved to {args.figure}")
 
 
 if __name__ == "__main__":

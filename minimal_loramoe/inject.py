@@ -20,6 +20,7 @@ ADAPTER_TYPES = {"loramoe": LoRAMoELinear, "lora": LoRALinear, "gated_lora": Gat
 ADAPTER_LAYERS = tuple(ADAPTER_TYPES.values())
 CONFIG_ATTR = "minimal_loramoe_config"  # where add_* records its settings on the model
 ADAPTER_FILE = "adapter.safetensors"  # the file name python -m minimal_loramoe.train writes
+SLIM_DEFAULTS = dict(top_k=None, num_identity_experts=0, num_clusters=0, yield_scale=1.0)  # = plain LoRAMoE
 
 
 def _inject(model: nn.Module, adapter: str, target_modules, **settings) -> nn.Module:
@@ -49,15 +50,20 @@ def _inject(model: nn.Module, adapter: str, target_modules, **settings) -> nn.Mo
 
 
 def add_loramoe(model: nn.Module, num_experts: int = 6, rank: int = 4, alpha: float = 32, dropout: float = 0.05,
-                target_modules=FFN_MODULES) -> nn.Module:
+                target_modules=FFN_MODULES, top_k: int | None = None, num_identity_experts: int = 0,
+                num_clusters: int = 0, yield_scale: float = 1.0) -> nn.Module:
     """Replace every ``nn.Linear`` named in ``target_modules`` by a :class:`LoRAMoELinear` and freeze the rest.
 
     Works on any ``nn.Module``; on Hugging Face LLaMA, Mistral, Qwen2, ... the defaults hit the FFN linears.
     Because every ``lora_B`` starts at zero, the returned model computes exactly what it computed before.
+    ``top_k``, ``num_identity_experts``, ``num_clusters`` and ``yield_scale`` are SLIM's options (see
+    :class:`LoRAMoELinear`); they are recorded with the other settings only when they differ from the defaults.
     Modifies ``model`` in place and returns it.
     """
+    slim = {k: v for k, v in dict(top_k=top_k, num_identity_experts=num_identity_experts, num_clusters=num_clusters,
+                                  yield_scale=yield_scale).items() if v != SLIM_DEFAULTS[k]}
     return _inject(model, "loramoe", target_modules, num_experts=num_experts, rank=rank, alpha=alpha,
-                   dropout=dropout)
+                   dropout=dropout, **slim)
 
 
 def add_lora(model: nn.Module, rank: int = 24, alpha: float = 32, dropout: float = 0.05,
@@ -78,20 +84,22 @@ def adapter_layers(model: nn.Module) -> dict:
 
 
 def adapter_state_dict(model: nn.Module) -> dict:
-    """Only the adapter weights (experts, routers, gates): every parameter that is not part of a frozen base."""
+    """Only the adapters: every parameter and buffer (experts, routers, gates, SLIM's clusters) that is not part
+    of a frozen base."""
     layers = adapter_layers(model)
     if not layers:
         raise ValueError("model has no adapters: call add_loramoe(model) first")
     return {f"{name}.{p}": t for name, layer in layers.items()
-            for p, t in layer.named_parameters() if not p.startswith("base.")}
+            for p, t in [*layer.named_parameters(), *layer.named_buffers()] if not p.startswith("base.")}
 
 
 def save_loramoe(model: nn.Module, path, state_dict: dict | None = None) -> None:
     """Write only the adapters (and the settings they were built with, as metadata) to one safetensors file.
 
-    ``state_dict``: the adapter tensors to write instead of the model's own parameters, under the same names --
-    for a model whose parameters are sharded across processes (FSDP, DeepSpeed ZeRO-3), where the full tensors
-    come from ``accelerator.get_state_dict``.
+    Buffers are included: the cluster statistics of SLIM's weight yielding belong to the trained adapter.
+    ``state_dict``: the adapter tensors to write instead of the model's own (parameters and buffers), under the
+    same names -- for a model whose parameters are sharded across processes (FSDP, DeepSpeed ZeRO-3), where the
+    full tensors come from ``accelerator.get_state_dict``.
     """
     names = adapter_state_dict(model)
     if state_dict is None:

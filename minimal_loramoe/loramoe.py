@@ -12,6 +12,15 @@ of the hidden vector by that expert's gate, then apply all B_i as one (d_out, E*
 
 which is exact (it is only a regrouping of the same sum) and costs about one LoRA of rank E*r, instead of E
 separate small matmuls in a Python loop as in the official code.
+
+Three optional pieces come from SLIM (Han et al., 2025, arXiv 2410.07739, Sec. 3.1-3.3); their defaults leave the
+LoRAMoE layer above unchanged, bit for bit:
+
+* ``top_k``: keep the K largest softmax weights per token, renormalised to sum to 1 (MixLoRA, SLIM).
+* ``num_identity_experts``: experts with no weights whose contribution is exactly zero -- a token routed there
+  keeps the frozen layer's output. They have router rows and take part in the softmax and in top-K.
+* ``num_clusters``: weight yielding with sliding clustering (:class:`~minimal_loramoe.slim.SlidingClusters`):
+  inputs far from every cluster of the fine-tuning data get a bonus on the identity experts' logits.
 """
 import math
 
@@ -20,47 +29,103 @@ import torch.nn.functional as F
 from torch import nn
 
 from .lora import check_adapter_args
+from .slim import SlidingClusters
+
+
+def check_slim_args(num_experts, top_k, num_identity_experts, num_clusters, yield_scale):
+    """Raise a clear error for SLIM settings no LoRAMoE layer can be built with."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+    if not is_int(num_identity_experts) or num_identity_experts < 0:
+        raise ValueError(f"num_identity_experts must be an integer >= 0, got {num_identity_experts!r}")
+    total = num_experts + num_identity_experts
+    if top_k is not None and (not is_int(top_k) or not 1 <= top_k <= total):
+        raise ValueError(f"top_k must be None (dense) or an integer in [1, {total}] (num_experts + "
+                         f"num_identity_experts), got {top_k!r}")
+    if not is_int(num_clusters) or num_clusters < 0:
+        raise ValueError(f"num_clusters must be an integer >= 0 (0 = no weight yielding), got {num_clusters!r}")
+    if num_clusters and not num_identity_experts:
+        raise ValueError("num_clusters > 0 (weight yielding) needs num_identity_experts >= 1: the yielded weight "
+                         "goes to the identity experts")
+    if isinstance(yield_scale, bool) or not isinstance(yield_scale, (int, float)) or not yield_scale > 0:
+        raise ValueError(f"yield_scale must be a number > 0, got {yield_scale!r}")
 
 
 class LoRAMoELinear(nn.Module):
     """E LoRA experts of rank r plus a router, around a frozen ``nn.Linear``.
 
     Parameters keep a per-expert layout so that every expert is easy to inspect:
-    ``lora_A`` (E, r, d_in), ``lora_B`` (E, d_out, r), ``router`` = ``nn.Linear(d_in, E, bias=False)``.
-    After each forward pass the float32 gate weights of that pass are kept in ``last_gates`` (..., E), for the
-    localized balancing loss and for router plots.
+    ``lora_A`` (E, r, d_in), ``lora_B`` (E, d_out, r), ``router`` = ``nn.Linear(d_in, E + I, bias=False)`` with
+    I = ``num_identity_experts`` (0 by default). After each forward pass the float32 gate weights of that pass are
+    kept in ``last_gates`` (..., E + I): LoRA experts first, identity experts last; for the localized balancing
+    loss and for router plots.
 
     One difference from the official code: with dropout > 0 the official loop draws a fresh dropout mask per
     expert; here all experts share one mask (one dropout call). With dropout = 0 (evaluation) they agree exactly.
+
+    SLIM options (module docstring): ``top_k`` (None = dense), ``num_identity_experts``, and weight yielding with
+    ``num_clusters`` clusters (0 = off), whose bonus on the identity logits is
+    ``yield_scale * relu(d - d_ref)`` -- see :meth:`gates`.
     """
 
-    def __init__(self, base: nn.Linear, num_experts: int, rank: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base: nn.Linear, num_experts: int, rank: int, alpha: float, dropout: float = 0.0,
+                 top_k: int | None = None, num_identity_experts: int = 0, num_clusters: int = 0,
+                 yield_scale: float = 1.0):
         super().__init__()
         check_adapter_args(base, rank, alpha, dropout, num_experts)
+        check_slim_args(num_experts, top_k, num_identity_experts, num_clusters, yield_scale)
         self.base = base.requires_grad_(False)
         self.num_experts, self.rank, self.alpha, self.scaling = num_experts, rank, alpha, alpha / rank
+        self.top_k, self.num_identity_experts, self.yield_scale = top_k, num_identity_experts, yield_scale
         w = base.weight
         d_in, d_out = base.in_features, base.out_features
         self.lora_A = nn.Parameter(torch.empty(num_experts, rank, d_in, dtype=w.dtype, device=w.device))
         self.lora_B = nn.Parameter(torch.zeros(num_experts, d_out, rank, dtype=w.dtype, device=w.device))
         for a in self.lora_A:  # each expert initialised like its own nn.Linear(d_in, r)
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        self.router = nn.Linear(d_in, num_experts, bias=False, dtype=w.dtype, device=w.device)
+        self.router = nn.Linear(d_in, num_experts + num_identity_experts, bias=False, dtype=w.dtype,
+                                device=w.device)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        # buffers (saved with the adapter); None = no weight yielding, and then nothing is registered
+        self.clusters = SlidingClusters(d_in, num_clusters, device=w.device) if num_clusters else None
         self.last_gates = None
 
     def gates(self, x: torch.Tensor) -> torch.Tensor:
-        """Dense per-token router weights, softmax in float32: (..., d_in) -> (..., E)."""
-        return torch.softmax(self.router(x).float(), dim=-1)
+        """Per-token router weights, softmax in float32: (..., d_in) -> (..., E + I).
+
+        Dense by default. With weight yielding, every identity expert's logit gets the same bonus
+        ``yield_scale * relu(d - d_ref)`` before the softmax, where d = max_c |x - c| / sigma - 1 is the distance
+        to the nearest cluster of the fine-tuning inputs and d_ref the mean d of the training tokens (both from
+        :class:`~minimal_loramoe.slim.SlidingClusters`). Our choice where the paper is silent: measured from
+        d_ref, an input as typical as the training data gets no bonus (with a max over hundreds of channels, d
+        of ordinary training tokens is already ~2-3, and a bonus there would send them all to the identity
+        experts, where top-K gives the LoRA experts no gradient at all); an input k sigmas further out than
+        typical gets k * yield_scale, so far-away inputs end up on the identity experts.
+        With ``top_k``, only the K largest weights per token are kept and renormalised to sum to 1.
+        """
+        logits = self.router(x).float()  # (..., E + I)
+        if self.clusters is not None:
+            if self.training:
+                self.clusters.update(x)  # the batch moves the clusters first, then is routed with them
+            bonus = self.yield_scale * (self.clusters.distance(x) - self.clusters.d_ref).clamp(min=0)  # (...,)
+            E = self.num_experts
+            logits = torch.cat([logits[..., :E], logits[..., E:] + bonus.unsqueeze(-1)], dim=-1)
+        gates = torch.softmax(logits, dim=-1)  # (..., E + I)
+        if self.top_k is not None:
+            top, idx = gates.topk(self.top_k, dim=-1)  # (..., K)
+            gates = torch.zeros_like(gates).scatter(-1, idx, top / top.sum(-1, keepdim=True))
+        return gates
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., d_in)
         E, r = self.num_experts, self.rank
         y = self.base(x)  # (..., d_out) -- the frozen path
-        gates = self.gates(x)  # (..., E)
+        gates = self.gates(x)  # (..., E + I)
         self.last_gates = gates
         h = F.linear(self.lora_dropout(x), self.lora_A.reshape(E * r, -1))  # (..., E*r): all A_i at once
-        # Fold `scaling` into the gate (E numbers per token, not E*r), then scale each expert's r-slice.
-        g = (gates * self.scaling).to(h.dtype)  # (..., E)
+        # Fold `scaling` into the gate (E numbers per token, not E*r), then scale each expert's r-slice. The
+        # identity experts (gates[..., E:]) add nothing; with top-K the zeroed gates still ride along in the same
+        # matmuls (a sparse kernel would skip the unchosen experts' rows of A and columns of B).
+        g = (gates[..., :E] * self.scaling).to(h.dtype)  # (..., E)
         h = (h.unflatten(-1, (E, r)) * g.unsqueeze(-1)).flatten(-2)  # (..., E, r) -> (..., E*r)
         B = self.lora_B.permute(1, 0, 2).reshape(-1, E * r)  # (d_out, E*r) = [B_1 ... B_E]
         return y + F.linear(h, B)  # (..., d_out)
@@ -83,4 +148,9 @@ class LoRAMoELinear(nn.Module):
         return self.scaling * (self.lora_B[i] @ self.lora_A[i])
 
     def extra_repr(self) -> str:
-        return f"num_experts={self.num_experts}, rank={self.rank}, alpha={self.alpha}, scaling={self.scaling:g}"
+        s = f"num_experts={self.num_experts}, rank={self.rank}, alpha={self.alpha}, scaling={self.scaling:g}"
+        if self.top_k is not None or self.num_identity_experts:
+            s += f", top_k={self.top_k}, num_identity_experts={self.num_identity_experts}"
+        if self.clusters is not None:
+            s += f", yield_scale={self.yield_scale:g}"
+        return s

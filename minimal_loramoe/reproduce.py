@@ -1,7 +1,8 @@
 """The whole forgetting experiment as one command: ``python -m minimal_loramoe.reproduce``.
 
-Starting from the shipped pretrained tiny LLaMA, every method of :mod:`minimal_loramoe.finetune` is fine-tuned on
-a growing SFT mix (knowledge questions, type 1, and downstream tasks, type 0) for several seeds, and evaluated on
+Starting from the shipped pretrained tiny LLaMA, the methods of :mod:`minimal_loramoe.finetune` are fine-tuned on
+a growing SFT mix (knowledge questions, type 1, and downstream tasks, type 0; ``--mix cipher`` adds a task with new
+content) for one or several seeds, and evaluated after 4k, 16k, 64k and 256k examples (one pass) on
 
 * knowledge: closed-book QA on the *held-out* countries (facts only their bios stated in pretraining), in the
   pretraining format ``Q : ... A :`` and in the instruction format the SFT teaches;
@@ -9,11 +10,20 @@ a growing SFT mix (knowledge questions, type 1, and downstream tasks, type 0) fo
 * how far the base weights moved, and (LoRAMoE) the router weight on each expert group by sample type.
 
 Each method's learning rate comes from ``data/results/tuned_lr.json``, written by
-``python -m minimal_loramoe.tune`` (the same grid and the same selection rule for every method).
+``python -m minimal_loramoe.tune`` (the same grid and the same selection rule for every method, tuned once at 16k
+examples and then held fixed as the data grows, as a practitioner -- and the paper -- would). This answers "what
+happens as the SFT data grows under a fixed recipe"; :mod:`minimal_loramoe.fronts` answers "which method is better
+when each gets its best learning rate at the largest size".
+
+Scales: ``cpu`` (the default, the README's main job: full FT, LoRA and LoRAMoE, one seed, about 8 minutes on 2
+cores), ``full`` (every method, seeds 0-2: the committed ``data/results/reproduce_cpu.json``; its runs are kept in
+the run store ``data/results/runs/`` shared with the fronts, so a stored run is read, not re-run), ``gpu`` (up to
+1M examples) and ``tiny`` (a smoke test).
 """
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +31,27 @@ import torch
 from tqdm import tqdm
 
 from .evaluate import answer_accuracy, task_accuracy
-from .finetune import METHODS, FinetuneConfig, finetune, weight_change
+from .finetune import METHODS, SLIM_METHODS, FinetuneConfig, finetune, weight_change
 from .model import load_pretrained
 from .routing import group_weight
+from .slim import dare_masked
 from .world import CIPHER, MIXES, knowledge_eval, new_content_eval, sft_dataset, task_eval
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "data" / "results"
 TUNED_LR_FILE = RESULTS_DIR / "tuned_lr.json"
+RUNS_DIR = RESULTS_DIR / "runs"  # one JSON per (mix, method, lr, seed): the run store
 
-# sizes (number of SFT examples), seeds, and the number of task-eval examples per task, per scale
+MAIN_METHODS = ("full_ft", "lora", "loramoe")
+# sizes (number of SFT examples), seeds, task-eval examples per task, default methods, and whether runs go through
+# the run store, per scale
 SCALES = {
-    "tiny": dict(sft_sizes=[64, 128, 256], seeds=[0], n_per_task=20),  # smoke test only
-    "cpu": dict(sft_sizes=[1000, 4000, 16000], seeds=[0, 1, 2], n_per_task=100),
-    "gpu": dict(sft_sizes=[2000, 10000, 50000], seeds=[0, 1, 2, 3, 4], n_per_task=200),
+    "tiny": dict(sft_sizes=[64, 128, 256], seeds=[0], n_per_task=20, methods=MAIN_METHODS, store=False),
+    "cpu": dict(sft_sizes=[4000, 16000, 64000, 256000], seeds=[0], n_per_task=100, methods=MAIN_METHODS,
+                store=False),
+    "full": dict(sft_sizes=[4000, 16000, 64000, 256000], seeds=[0, 1, 2], n_per_task=100, methods=None,
+                 store=True),  # methods=None: every label in DEFAULT_RUNS
+    "gpu": dict(sft_sizes=[16000, 64000, 256000, 1024000], seeds=[0, 1, 2], n_per_task=200, methods=None,
+                store=False),
 }
 KNOWLEDGE_FRACTION = 0.2  # share of world-knowledge questions (type 1) in every SFT mix, as in the paper's mixes
 # Extra runs reported beside the tuned methods: label -> (method, whose tuned learning rate it uses).
@@ -41,6 +59,8 @@ KNOWLEDGE_FRACTION = 0.2  # share of world-knowledge questions (type 1) in every
 # full fine-tuning learns the tasks just as well) it forgets far more than at its own tuned, smaller rate.
 EXTRA_RUNS = {"full_ft_at_loramoe_lr": ("full_ft", "loramoe")}
 RUN_LABELS = METHODS + tuple(EXTRA_RUNS)
+# SLIM's methods have no tuned learning rate: they are compared on the fronts (python -m minimal_loramoe.fronts)
+DEFAULT_RUNS = tuple(m for m in RUN_LABELS if m not in SLIM_METHODS)
 
 
 def tuned_learning_rates(path=TUNED_LR_FILE) -> dict:
@@ -105,20 +125,61 @@ def one_run(method, seed, lr, sizes, n_per_task=100, checkpoint=None, device=Non
     evals = hist["evals"]
     final = evals[sizes[-1]]
     final["weight_change"] = weight_change(base, model)
-    if cfg.method.startswith("loramoe"):
-        final["router_group_weight"] = group_weight(model, tokenizer, routing_set(world, n_per_task))
+    if cfg.method.startswith("loramoe") or cfg.method in SLIM_METHODS:
+        with dare_masked(model, cfg.mask_rate, cfg.seed):  # the model the evaluations saw (p = 0: no mask)
+            final["router_group_weight"] = group_weight(model, tokenizer, routing_set(world, n_per_task))
     final["seconds"] = round(time.time() - t0, 1)
     return evals
 
 
+def run_path(mix: str, method: str, lr: float, seed: int, root=RUNS_DIR) -> Path:
+    return Path(root) / mix / method / f"lr{lr:g}-seed{seed}.json"
+
+
+def load_run(mix, method, lr, seed, sizes, root=RUNS_DIR):
+    """The stored run, or None if there is none that covers ``sizes``."""
+    path = run_path(mix, method, lr, seed, root)
+    if not path.is_file():
+        return None
+    run = json.loads(path.read_text())
+    if not set(map(str, sizes)) <= set(run["evals"]):
+        return None
+    return run
+
+
+def run_point(mix, method, lr, seed, sizes, threads=1, root=RUNS_DIR, n_per_task=100) -> dict:
+    """Fine-tune one grid point (or return it from the store) and store it. Runs in a worker process too."""
+    run = load_run(mix, method, lr, seed, sizes, root)
+    if run is not None:
+        return run
+    t0 = time.time()
+    evals = one_run(method, seed, lr, sorted(sizes), n_per_task, threads=threads, mix=mix)
+    run = {"mix": mix, "method": method, "lr": lr, "seed": seed, "sft_sizes": sorted(sizes),
+           "n_per_task": n_per_task, "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
+           "evals": {str(n): v for n, v in evals.items()}}
+    path = run_path(mix, method, lr, seed, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(run, indent=1))
+    return run
+
+
+def _stored_run(method, seed, lr, sizes, n_per_task, checkpoint, device, progress, threads, config_overrides, mix,
+                root=RUNS_DIR):
+    """``one_run`` through the run store; a label of ``EXTRA_RUNS`` is stored under the method it runs."""
+    run = run_point(mix, EXTRA_RUNS.get(method, (method,))[0], lr, seed, sizes, threads, root, n_per_task)
+    return {int(n): v for n, v in run["evals"].items()}
+
+
 def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, checkpoint=None, device=None,
-                   progress: bool = True, workers: int = 1, **config_overrides) -> dict:
+                   progress: bool = True, workers: int = 1, mix: str = "easy", store=None, **config_overrides) -> dict:
     """Fine-tune every method for every seed once on ``max(sft_sizes)`` examples, evaluating after each size.
 
     The learning rate is constant after warm-up and the data of size N is the first N examples of the largest
     mix, so the evaluation after N examples is exactly what a separate run on N examples would give.
     ``workers > 1`` runs that many fine-tunings side by side in separate processes, one CPU thread each (on a
     small CPU this beats one process with several threads, since the tiny model cannot keep two cores busy).
+    ``store``: a run-store folder (e.g. ``RUNS_DIR``): runs found there are read instead of re-run, new runs are
+    written there (only with the default checkpoint and settings, the ones the store describes).
     Returns the per-seed numbers: ``{"pretrained": metrics, "runs": {method: {seed: {size: metrics}}}}``.
     """
     for m in methods:
@@ -128,12 +189,17 @@ def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, 
             raise ValueError(f"no learning rate given for method {m!r}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if store is not None and (checkpoint is not None or config_overrides):
+        raise ValueError("store only holds runs of the default checkpoint and settings: pass store=None")
     checkpoint = checkpoint or DEFAULT_CHECKPOINT
     sizes = sorted(sft_sizes)
     base, tokenizer, world = load_pretrained(checkpoint, device=device)
-    out = {"pretrained": make_evaluator(tokenizer, world, n_per_task)(base), "runs": {}}
+    out = {"pretrained": make_evaluator(tokenizer, world, n_per_task, mix)(base), "runs": {}}
     jobs = [(m, s, lrs[m], sizes, n_per_task, checkpoint, device, progress, 1 if workers > 1 else None,
-             config_overrides) for s in seeds for m in methods]
+             config_overrides, mix) for s in seeds for m in methods]
+    run = one_run
+    if store is not None:
+        run = partial(_stored_run, root=store)
     def report(job, evals):
         m, s, lr = job[:3]
         out["runs"].setdefault(m, {})[s] = evals
@@ -144,13 +210,13 @@ def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, 
 
     if workers == 1:
         for job in jobs:
-            report(job, one_run(*job))
+            report(job, run(*job))
     else:  # the inner progress bars would interleave: one bar over the finished runs instead
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
         jobs = [job[:7] + (False,) + job[8:] for job in jobs]
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(one_run, *job): job for job in jobs}
+            futures = {pool.submit(run, *job): job for job in jobs}
             for fut in tqdm(as_completed(futures), total=len(jobs), desc="fine-tuning runs", disable=not progress):
                 report(futures[fut], fut.result())
     out["runs"] = {m: dict(sorted(out["runs"][m].items())) for m in methods}  # fixed order, whatever finished first
@@ -161,13 +227,15 @@ def summarize(raw: dict, sft_sizes, seeds, lrs) -> dict:
     """Means and standard deviations over seeds, in the JSON schema documented in the README."""
     sizes = sorted(sft_sizes)
     res = {"sft_sizes": sizes, "seeds": list(seeds), "lr": {m: lrs[m] for m in raw["runs"]}}
-    for key in ("knowledge", "knowledge_instruction", "downstream"):
+    keys = ("knowledge", "knowledge_instruction", "downstream") + (("new_content",) if "new_content" in
+                                                                   raw["pretrained"] else ())
+    for key in keys:
         res[key] = {"pretrained": raw["pretrained"][key]}
         res[key + "_std"] = {}
     res["downstream_by_task"] = {"pretrained": raw["pretrained"]["downstream_by_task"]}
     res["weight_change"], res["router_group_weight"], res["per_seed"] = {}, {}, {}
     for method, by_seed in raw["runs"].items():
-        for key in ("knowledge", "knowledge_instruction", "downstream"):
+        for key in keys:
             arr = np.array([[by_seed[s][n][key] for n in sizes] for s in seeds])  # (seeds, sizes)
             res[key][method] = arr.mean(0).round(4).tolist()
             res[key + "_std"][method] = arr.std(0).round(4).tolist()
@@ -220,25 +288,30 @@ def plot_results(res: dict, path=None):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.reproduce")
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="experiment size (default: cpu)")
-    p.add_argument("--methods", nargs="+", choices=RUN_LABELS, default=list(RUN_LABELS))
+    p.add_argument("--mix", choices=MIXES, default="easy", help="SFT mix (default: easy; cipher adds new content)")
+    p.add_argument("--methods", nargs="+", choices=RUN_LABELS,
+                   help="override the scale's methods (cpu: full_ft lora loramoe; full and gpu: all but the SLIM ones)")
     p.add_argument("--seeds", nargs="+", type=int, help="override the scale's seeds")
     p.add_argument("--json", help="write the numbers to this JSON file")
     p.add_argument("--figure", default="forgetting.png", help="where to save the figure (default: forgetting.png)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--workers", type=int, default=2 if not torch.cuda.is_available() else 1,
-                   help="fine-tunings run side by side, one CPU thread each (default: 2 on CPU, 1 on GPU)")
+    p.add_argument("--workers", type=int, default=3 if not torch.cuda.is_available() else 1,
+                   help="fine-tunings run side by side, one CPU thread each (default: 3 on CPU -- on 2 cores three "
+                        "runs then end together instead of leaving a core idle for the last one --, 1 on GPU)")
     p.add_argument("--threads", type=int, help="torch CPU threads of the main process (default: torch's choice)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     scale = SCALES[args.scale]
     seeds = args.seeds or scale["seeds"]
+    methods = args.methods or list(scale["methods"] or DEFAULT_RUNS)
     lrs = tuned_learning_rates()
     t0 = time.time()
-    raw = run_experiment(scale["sft_sizes"], seeds, args.methods, lrs, scale["n_per_task"], device=args.device,
-                         workers=args.workers)
+    raw = run_experiment(scale["sft_sizes"], seeds, methods, lrs, scale["n_per_task"], device=args.device,
+                         workers=min(args.workers, len(seeds) * len(methods)), mix=args.mix,
+                         store=RUNS_DIR if scale["store"] else None)
     res = summarize(raw, scale["sft_sizes"], seeds, lrs)
-    res["scale"], res["seconds"] = args.scale, round(time.time() - t0, 1)
+    res["scale"], res["mix"], res["seconds"] = args.scale, args.mix, round(time.time() - t0, 1)
     print(format_table(res))
     print("router weight on the knowledge group (experts n < E/2), by sample type:")
     for m, g in res["router_group_weight"].items():

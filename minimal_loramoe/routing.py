@@ -22,17 +22,13 @@ def _moe_layers(model):
 
 
 @torch.no_grad()
-def expert_weights(model, tokenizer, dataset, batch_size: int = 256):
-    """Mean gate weight of every expert in every LoRAMoE layer, per sample type, over all real tokens.
-
-    Returns ``(names, W)`` with W a tensor (num_layers, 2, E): ``W[l, t, n]`` is the average weight expert n of
-    layer l gives to the tokens of samples of type t (0 = task, 1 = knowledge). Each row sums to 1.
-    """
+def _gate_sums(model, tokenizer, dataset, batch_size):
+    """Gate weight summed over the real tokens of each sample type: (names, sums (L, 2, E + I), counts (2,))."""
     layers = _moe_layers(model)
     was_training = model.training
     model.eval()
-    E = next(iter(layers.values())).num_experts
-    sums = torch.zeros(len(layers), 2, E, dtype=torch.float64)
+    first = next(iter(layers.values()))
+    sums = torch.zeros(len(layers), 2, first.num_experts + first.num_identity_experts, dtype=torch.float64)
     counts = torch.zeros(2, dtype=torch.float64)
     device = next(model.parameters()).device
     for start in range(0, len(dataset), batch_size):
@@ -47,7 +43,26 @@ def expert_weights(model, tokenizer, dataset, batch_size: int = 256):
             for i, layer in enumerate(layers.values()):
                 sums[i, t] += (layer.last_gates * m.unsqueeze(-1)).sum(dim=(0, 1)).double().cpu()
     model.train(was_training)
-    return list(layers), (sums / counts.clamp(min=1).view(1, 2, 1)).float()
+    return list(layers), sums, counts
+
+
+def expert_weights(model, tokenizer, dataset, batch_size: int = 256):
+    """Mean gate weight of every expert in every LoRAMoE layer, per sample type, over all real tokens.
+
+    Returns ``(names, W)`` with W a tensor (num_layers, 2, E + I): ``W[l, t, n]`` is the average weight expert n
+    of layer l gives to the tokens of samples of type t (0 = task, 1 = knowledge); identity experts (if any) come
+    last. Each row sums to 1.
+    """
+    names, sums, counts = _gate_sums(model, tokenizer, dataset, batch_size)
+    return names, (sums / counts.clamp(min=1).view(1, 2, 1)).float()
+
+
+def mean_gates(model, tokenizer, dataset, batch_size: int = 256) -> dict:
+    """``{layer name: (E + I,) mean gate over every real token of dataset}`` -- the calibration gates that
+    :func:`minimal_loramoe.slim.merge_loramoe` merges the experts with."""
+    names, sums, counts = _gate_sums(model, tokenizer, dataset, batch_size)
+    W = (sums.sum(1) / counts.sum().clamp(min=1)).float()  # (L, E + I)
+    return dict(zip(names, W))
 
 
 def group_weight(model, tokenizer, dataset, batch_size: int = 256) -> dict:
@@ -55,31 +70,38 @@ def group_weight(model, tokenizer, dataset, batch_size: int = 256) -> dict:
 
     Returns ``{"knowledge_samples": x, "task_samples": y}``. With no routing preference both are 0.5; the
     paper's story wants x > 0.5 > y; the official constraint's optimum gives the mirror image.
+    With identity experts (SLIM) the shares are still of *all* gate weight, and the identity experts' share is
+    added as ``"identity_knowledge_samples"`` and ``"identity_task_samples"``.
     """
     _, W = expert_weights(model, tokenizer, dataset, batch_size)
-    half = W.shape[-1] // 2
-    share = W[..., :half].sum(-1).mean(0)  # (2,) over layers
-    return {"knowledge_samples": share[1].item(), "task_samples": share[0].item()}
+    layer = next(iter(_moe_layers(model).values()))
+    E = layer.num_experts
+    share = W[..., :E // 2].sum(-1).mean(0)  # (2,) over layers
+    out = {"knowledge_samples": share[1].item(), "task_samples": share[0].item()}
+    if layer.num_identity_experts:
+        identity = W[..., E:].sum(-1).mean(0)  # (2,)
+        out.update(identity_knowledge_samples=identity[1].item(), identity_task_samples=identity[0].item())
+    return out
 
 
 @contextmanager
 def force_group(model, group: str):
     """Within the ``with`` block, every LoRAMoE router may only use one expert group.
 
-    The other group's router logits are set to -inf before the softmax, so its experts get weight exactly 0.
-    ``group`` is "knowledge" (experts n < E/2) or "task" (n >= E/2).
+    Every other expert's router logit (the other group's, and the identity experts' if any) is set to -inf before
+    the softmax, so those experts get weight exactly 0. ``group`` is "knowledge" (experts n < E/2) or "task"
+    (E/2 <= n < E).
     """
     if group not in GROUPS:
         raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
     handles = []
     for layer in _moe_layers(model).values():
-        half = layer.num_experts // 2
-        blocked = slice(half, None) if group == "knowledge" else slice(0, half)
+        half, E = layer.num_experts // 2, layer.num_experts
+        blocked = torch.ones(E + layer.num_identity_experts, dtype=torch.bool)  # (E + I,)
+        blocked[slice(0, half) if group == "knowledge" else slice(half, E)] = False
 
         def hook(module, args, logits, blocked=blocked):
-            logits = logits.clone()
-            logits[..., blocked] = float("-inf")
-            return logits
+            return logits.masked_fill(blocked.to(logits.device), float("-inf"))
 
         handles.append(layer.router.register_forward_hook(hook))
     try:

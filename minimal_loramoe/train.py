@@ -17,13 +17,23 @@ What it writes into ``--out``:
   For ``--method full_ft`` the whole model instead, with ``save_pretrained`` (``config.json``,
   ``model.safetensors``) and the tokenizer: ``--out`` is then a model folder for ``from_pretrained``;
 * ``settings.json``: every setting it ran with (the ``FinetuneConfig``, model, data, processes, global batch);
-* ``history.json``: the answer-only cross-entropy and the balancing loss of every step.
+* ``history.json``: the answer-only cross-entropy, the balancing loss and SLIM's L1 penalty of every step (the
+  last two only for the methods that have them).
+
+``--method`` is any method of :mod:`minimal_loramoe.finetune`, SLIM's included (``--method slim``, with the
+settings of ``finetune.METHOD_SETTINGS``; ``--top-k``, ``--num-identity-experts``, ``--num-clusters``,
+``--yield-scale``, ``--l1-weight`` and ``--mask-rate`` override them). This command does not evaluate, so
+``--mask-rate`` is only recorded: use the trained SLIM model as it was meant to be evaluated, DARE-masked, with
+``with slim.dare_masked(model, config.mask_rate, config.seed): ...``.
 
 ``--batch-size`` is per process. With P processes every step trains on a global batch of P x batch-size samples:
 the batches a one-process run with batch size P x batch-size (same seed) would use, process r training on the
 r-th slice of each. The losses are scaled so that the gradient DDP averages is the one-process gradient (see
 ``sft_loop``): P processes with ``--batch-size B`` train like one process with ``--batch-size P*B``, up to
-floating-point rounding (and except for dropout masks, which each process draws for itself).
+floating-point rounding (and except for dropout masks, which each process draws for itself). One more exception:
+SLIM's weight yielding (``num_clusters > 0``: ``slim``, ``slim_no_merge``) updates its cluster statistics, buffers,
+from the tokens each process sees, and DDP broadcasts process 0's buffers at every step, so with several processes
+the clusters follow process 0's slices only. The L1 penalty needs no rescaling (see ``sft_loop``).
 """
 import argparse
 import json
@@ -123,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     p.add_argument("--schedule", default="cosine", help="learning-rate schedule after warm-up: constant or cosine")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    slim = "default: the method's (finetune.METHOD_SETTINGS; plain LoRAMoE: off)"
+    p.add_argument("--top-k", type=int, help=f"SLIM: experts kept per token ({slim})")
+    p.add_argument("--num-identity-experts", type=int, help=f"SLIM: identity experts per linear ({slim})")
+    p.add_argument("--num-clusters", type=int, help=f"SLIM: clusters of weight yielding ({slim})")
+    p.add_argument("--yield-scale", type=float, help=f"SLIM: weight yielding's bonus per sigma ({slim})")
+    p.add_argument("--l1-weight", type=float, help=f"SLIM: weight of the L1 penalty on the adapters ({slim})")
+    p.add_argument("--mask-rate", type=float, help=f"SLIM: DARE masking rate at evaluation, recorded only ({slim})")
     p.add_argument("--chat", action="store_true", help="render prompts with the tokenizer's chat template")
     p.add_argument("--system", help="with --chat: a system message before every prompt")
     p.add_argument("--dtype", default="float32", help=f"weights of the loaded model: one of {tuple(DTYPES)}")
@@ -140,7 +157,9 @@ def main(argv=None) -> dict:
     config = FinetuneConfig(method=args.method, lr=args.lr, batch_size=args.batch_size, num_experts=args.num_experts,
                             rank=args.rank, alpha=args.alpha, dropout=args.dropout, lbc_delta=args.lbc_delta,
                             lbc_beta=args.lbc_beta, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
-                            seed=args.seed, steps=args.steps, schedule=args.schedule)
+                            seed=args.seed, steps=args.steps, schedule=args.schedule, top_k=args.top_k,
+                            num_identity_experts=args.num_identity_experts, num_clusters=args.num_clusters,
+                            yield_scale=args.yield_scale, l1_weight=args.l1_weight, mask_rate=args.mask_rate)
     if args.dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {tuple(DTYPES)}, got {args.dtype!r}")
     if args.system is not None and not args.chat:
@@ -153,8 +172,9 @@ def main(argv=None) -> dict:
     from accelerate.utils import DistributedDataParallelKwargs
 
     # Frozen parameters (the backbone, loramoe_uniform_router's router) have requires_grad=False, so DDP does
-    # not even track them; every trainable adapter parameter takes part in every forward pass (the routers are
-    # dense). find_unused_parameters costs a graph traversal per step and is needed only for unusual models.
+    # not even track them; every trainable adapter parameter takes part in every forward pass (the router is a
+    # dense softmax, and with SLIM's top-K the unchosen experts still ride along in the same matmuls, gate 0).
+    # find_unused_parameters costs a graph traversal per step and is needed only for unusual models.
     accelerator = Accelerator(cpu=args.cpu, kwargs_handlers=[
         DistributedDataParallelKwargs(find_unused_parameters=args.find_unused_parameters)])
     global_batch = config.batch_size * accelerator.num_processes
@@ -186,7 +206,7 @@ def main(argv=None) -> dict:
                 "seconds": round(time.time() - t0, 1), "torch": torch.__version__}
     if accelerator.is_main_process:
         (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
-        (out / HISTORY_FILE).write_text(json.dumps({"loss": history["loss"], "lbc": history["lbc"]}))
+        (out / HISTORY_FILE).write_text(json.dumps({k: history[k] for k in ("loss", "lbc", "l1")}))
         lbc = f", LBC {history['lbc'][-1]:.4f}" if history["lbc"] else ""
         print(f"{config.method}: {config.steps} steps of {global_batch} samples on {accelerator.num_processes} "
               f"process(es) in {settings['seconds']:.0f} s; last loss {history['loss'][-1]:.4f}{lbc}; wrote {out}")
@@ -200,6 +220,7 @@ def load_trained(out, model_dir=None, device=None):
 
     Reads ``settings.json`` in ``out``; loads the base model from ``model_dir`` (default: the ``--model`` of the
     run), adds the same adapters and loads ``adapter.safetensors`` (for ``full_ft``: loads ``out`` itself).
+    The model comes unmasked; a SLIM run with ``mask_rate > 0`` is meant to be used DARE-masked (module docstring).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

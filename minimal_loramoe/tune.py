@@ -1,10 +1,11 @@
 """Tune every method's learning rate on the same grid with the same rule: ``python -m minimal_loramoe.tune``.
 
 A comparison is only fair if every method gets its best learning rate (the CPU prototype found that a LoRA at a
-lower learning rate matched an untuned LoRAMoE). Rule, the same for all methods: at the largest SFT size of the
-CPU scale, take the learning rate with the best held-out knowledge among those whose downstream accuracy is at
+lower learning rate matched an untuned LoRAMoE). Rule, the same for all methods: at ``TUNING_SIZE`` (16k) SFT
+examples, take the learning rate with the best held-out knowledge among those whose downstream accuracy is at
 least ``MIN_DOWNSTREAM`` (mean over the tuning seeds); if none reaches it, the one with the best downstream
-accuracy. Tuning seeds are separate from the seeds ``reproduce`` reports.
+accuracy. Tuning seeds are separate from the seeds ``reproduce`` reports. These rates are the *fixed recipe*
+that ``reproduce`` holds as the data grows; the fronts (:mod:`minimal_loramoe.fronts`) tune again at 256k.
 The result goes to ``data/results/tuned_lr.json`` together with every grid point, so the choice can be checked.
 """
 import argparse
@@ -24,6 +25,7 @@ TUNED_METHODS = ("full_ft", "lora", "gated_lora", "loramoe", "loramoe_uniform_ro
 SHARES_LR_OF = {"loramoe_no_lbc": "loramoe", "loramoe_official_lbc": "loramoe"}
 MIN_DOWNSTREAM = 0.98
 TUNING_SEEDS = (100,)
+TUNING_SIZE = 16000  # tuned once here, then held fixed as the data grows (the "fixed recipe" of reproduce)
 
 
 def select(grid: dict) -> float:
@@ -44,7 +46,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    size = SCALES["cpu"]["sft_sizes"][-1]
+    size = TUNING_SIZE
     n_per_task = SCALES["cpu"]["n_per_task"]
     # Grid points from an earlier run of this command are kept, so the grid can be extended (or methods tuned
     # in separate processes) without re-running what is already measured.

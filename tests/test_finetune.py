@@ -7,7 +7,7 @@ from datasets import Dataset
 
 from minimal_loramoe import add_loramoe, save_loramoe
 from minimal_loramoe.finetune import (FinetuneConfig, batch_indices, check_sft_dataset, finetune, lr_factor,
-                                      prepare_model)
+                                      prepare_model, sft_loop)
 from minimal_loramoe.model import load_pretrained
 from minimal_loramoe.world import sft_dataset
 
@@ -95,3 +95,19 @@ def test_save_loramoe_takes_a_gathered_state_dict(tiny_llama, tmp_path):
     assert all((v == 0.5).all() for v in adapter_state_dict(tiny_llama).values())
     with pytest.raises(ValueError, match="exactly the model's adapter tensors"):
         save_loramoe(tiny_llama, tmp_path / "b.safetensors", state_dict=dict(list(state.items())[:1]))
+
+
+@pytest.mark.parametrize("kind, zero_stage, config", [
+    ("FSDP", None, FinetuneConfig(method="slim")),
+    ("DEEPSPEED", 3, FinetuneConfig(method="loramoe", l1_weight=1.0)),
+])
+def test_l1_penalty_is_refused_when_parameters_are_sharded(tiny_llama, kind, zero_stage, config):
+    """FSDP and ZeRO-3 hold only a shard of each adapter outside the forward pass: the penalty would see that."""
+    from types import SimpleNamespace
+    deepspeed = SimpleNamespace(zero_stage=zero_stage) if zero_stage else None
+    accelerator = SimpleNamespace(process_index=0, num_processes=2, distributed_type=f"DistributedType.{kind}",
+                                  state=SimpleNamespace(deepspeed_plugin=deepspeed))
+    model = prepare_model(tiny_llama, config)
+    data = Dataset.from_dict({"prompt": ["p"] * 4, "answer": ["a"] * 4, "type": [1, 0, 1, 0]})
+    with pytest.raises(ValueError, match="FSDP and DeepSpeed ZeRO-3 shard"):
+        sft_loop(model, None, data, config, accelerator=accelerator, progress=False)

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 
 def test_reproduce_cli_tiny_scale(tmp_path):
     out, fig = tmp_path / "res.json", tmp_path / "fig.png"
-    reproduce.main(["--scale", "tiny", "--methods", "full_ft", "lora", "loramoe", "--json", str(out),
+    reproduce.main(["--scale", "tiny", "--json", str(out),
                     "--figure", str(fig), "--threads", "2"])
     res = json.loads(out.read_text())
     assert res["sft_sizes"] == reproduce.SCALES["tiny"]["sft_sizes"] and res["seeds"] == [0]

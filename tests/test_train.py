@@ -92,23 +92,45 @@ def test_two_processes_train_exactly_like_one(one_process_run, sft_file, tmp_pat
     moves lora_B (zero at the start) by ~3e-3.
     """
     one, _ = one_process_run
-    two = tmp_path / "two"
+    two = launch_two_processes(sft_file, tmp_path / "two")
+    model, _ = train.load_trained(two)  # loads with add_loramoe + load_loramoe
+    assert len(adapter_layers(model)) == 6
+    assert_same_training(one, two)
+
+
+def test_two_processes_train_slim_parts_exactly_like_one(sft_file, tmp_path):
+    """The same check with SLIM's parts that have to agree too: top-2 routing, two identity experts (the balancing
+    loss then renormalises the LoRA experts' gates before the gather) and the L1 penalty, which every process adds
+    unscaled (scaling it by P, as the other losses are, makes the weights differ by ~3e-3, measured)."""
+    slim = ["--top-k", "2", "--num-identity-experts", "2", "--l1-weight", "10"]
+    one = tmp_path / "one"
+    train.main([*COMMON, *slim, "--data", str(sft_file), "--out", str(one), "--batch-size", "8"])
+    two = launch_two_processes(sft_file, tmp_path / "two", slim)
+    assert json.loads((two / "settings.json").read_text())["config"]["top_k"] == 2
+    h1 = assert_same_training(one, two)
+    assert len(h1["l1"]) == 6 and h1["l1"][0] > 0
+
+
+def launch_two_processes(sft_file, out, extra=()):
+    """``python -m minimal_loramoe.train`` on 2 CPU processes (DDP, gloo), 4 samples each; returns ``out``."""
     # accelerate's own --cpu flag starts ONE process unless mpirun is set up; --multi_gpu starts the processes
     # with torchrun, and train's --cpu makes them a CPU process group (gloo).
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(free_port()), "-m", "minimal_loramoe.train",
-           *COMMON, "--data", str(sft_file), "--out", str(two), "--batch-size", "4"]
+           *COMMON, *extra, "--data", str(sft_file), "--out", str(out), "--batch-size", "4"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    settings = json.loads((two / "settings.json").read_text())
+    settings = json.loads((out / "settings.json").read_text())
     assert settings["num_processes"] == 2 and settings["global_batch_size"] == 8
     assert "MULTI_CPU" in settings["distributed_type"]
+    return out
 
-    model, _ = train.load_trained(two)  # loads with add_loramoe + load_loramoe
-    assert len(adapter_layers(model)) == 6
+
+def assert_same_training(one, two) -> dict:
+    """The adapters and losses of two runs agree up to float32 rounding; returns the first run's history."""
     a, b = load_file(one / "adapter.safetensors"), load_file(two / "adapter.safetensors")
     assert a.keys() == b.keys()
     for name in a:
@@ -118,6 +140,25 @@ def test_two_processes_train_exactly_like_one(one_process_run, sft_file, tmp_pat
     h1, h2 = (json.loads((d / "history.json").read_text()) for d in (one, two))
     torch.testing.assert_close(torch.tensor(h2["loss"]), torch.tensor(h1["loss"]), rtol=1e-5, atol=0)
     torch.testing.assert_close(torch.tensor(h2["lbc"]), torch.tensor(h1["lbc"]), rtol=1e-4, atol=0)
+    torch.testing.assert_close(torch.tensor(h2["l1"]), torch.tensor(h1["l1"]), rtol=1e-5, atol=0)
+    return h1
+
+
+def test_slim_on_the_command_line(sft_file, tmp_path):
+    """``--method slim`` takes SLIM's settings, records the L1 penalty, and saves the clusters with the adapters."""
+    out = tmp_path / "slim"
+    train.main([*COMMON, "--method", "slim", "--steps", "2", "--batch-size", "8", "--data", str(sft_file),
+                "--out", str(out)])
+    config = json.loads((out / "settings.json").read_text())["config"]
+    assert (config["top_k"], config["num_identity_experts"], config["num_clusters"]) == (2, 2, 8)
+    assert config["l1_weight"] == 10.0 and config["mask_rate"] == 0.5
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["loss"]) == len(history["l1"]) == 2 and history["lbc"] == []
+    saved = load_file(out / "adapter.safetensors")
+    assert sum(n.endswith("clusters.centres") for n in saved) == 6
+    model, _ = train.load_trained(out)
+    layer = next(iter(adapter_layers(model).values()))
+    assert layer.top_k == 2 and layer.num_identity_experts == 2 and layer.clusters.num_updates == 2
 
 
 def test_full_finetuning_saves_a_model_folder(sft_file, tmp_path):
@@ -174,6 +215,9 @@ def test_bad_data_is_refused(tmp_path, rows, message):
     (["--system", "Be brief."], r"--system needs --chat"),
     (["--batch-size", "1000"], r"1000 samples per step, more than the 1 samples of --data"),
     (["--chat", "--batch-size", "1"], r"--chat: the tokenizer .* has no chat template"),
+    (["--method", "slim", "--top-k", "0"], r"top_k must be None \(dense\) or an integer in \[1, 8\]"),
+    (["--method", "slim", "--mask-rate", "1"], r"mask_rate must be a number in \[0, 1\)"),
+    (["--method", "lora", "--l1-weight", "1"], r"need a LoRAMoE-layer method, not method='lora'"),
 ])
 def test_bad_settings_are_refused(tmp_path, extra, message):
     data = write_jsonl(tmp_path / "ok.jsonl", [GOOD])

@@ -1,0 +1,74 @@
+"""The run store, the grid runner and the fronts JSON, on a tiny scale (128 SFT examples)."""
+import json
+
+import matplotlib
+import pytest
+
+from minimal_loramoe import fronts, reproduce
+from minimal_loramoe.world import new_content_eval, sft_dataset
+
+matplotlib.use("Agg")
+SIZES = (64, 128)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    points = [("cipher", "full_ft", 1e-4, 0), ("cipher", "lora", 1e-3, 0), ("cipher", "lora", 1e-3, 1)]
+    fronts.run_grid(points, workers=1, sizes=SIZES, root=root, progress=False)
+    return root
+
+
+def test_store_holds_one_file_per_run_and_is_not_rerun(store):
+    path = reproduce.run_path("cipher", "lora", 1e-3, 1, store)
+    run = json.loads(path.read_text())
+    assert run["method"] == "lora" and run["seed"] == 1 and set(run["evals"]) == {"64", "128"}
+    assert "new_content" in run["evals"]["128"]
+    before = path.stat().st_mtime_ns
+    again = reproduce.run_point("cipher", "lora", 1e-3, 1, SIZES, root=store)  # read, not re-run
+    assert path.stat().st_mtime_ns == before and again == run
+    assert reproduce.load_run("cipher", "lora", 1e-3, 1, (64, 128, 256), store) is None  # does not cover 256
+
+
+def test_collect_averages_seeds_in_the_documented_schema(store):
+    out = fronts.collect("cipher", root=store, sizes=SIZES)
+    assert out["mix"] == "cipher" and out["largest"] == 128
+    point = out["tradeoff"]["lora"]["0.001"]
+    assert point["seeds"] == [0, 1]
+    for key in ("knowledge", "downstream", "new_content"):
+        vals = point["per_seed"][key]
+        assert point[key] == pytest.approx(sum(vals) / 2, abs=1e-4) and len(point["curve"][key]) == 2
+    assert set(out["tradeoff"]) == {"full_ft", "lora"}
+    assert fronts.collect("easy", root=store, sizes=SIZES)["tradeoff"] == {}
+
+
+def test_best_at_picks_the_most_knowledge_among_points_that_learned_enough():
+    toy = {"mix": "cipher", "largest": 1, "tradeoff": {"lora": {
+        "0.001": {"knowledge": 0.9, "new_content": 0.5}, "0.002": {"knowledge": 0.6, "new_content": 0.95},
+        "0.005": {"knowledge": 0.4, "new_content": 0.99}}}}
+    assert fronts.best_at(toy, "lora", "new_content", 0.9) == ("0.002", toy["tradeoff"]["lora"]["0.002"])
+    assert fronts.best_at(toy, "lora", "new_content", 0.999) == (None, None)
+    assert fronts.best_at(toy, "full_ft", "new_content", 0.1) == (None, None)
+    with pytest.raises(ValueError, match="learned"):
+        fronts.best_at(toy, "lora", "tasks")
+
+
+def test_plot_fronts_draws_one_line_per_method(store):
+    ax = fronts.plot_fronts(fronts.collect("cipher", root=store, sizes=SIZES), learned="new_content")
+    assert len(ax.get_legend().get_texts()) == 2
+
+
+def test_cipher_mix_has_new_content_the_easy_mix_lacks():
+    from minimal_loramoe.model import load_pretrained
+    _, _, world = load_pretrained()
+    cipher = sft_dataset(world, 2000, mix="cipher", seed=0)
+    share = sum(t == "cipher" for t in cipher["task"]) / len(cipher)
+    assert 0.26 < share < 0.34 and set(cipher["type"]) == {0, 1}
+    assert "cipher" not in set(sft_dataset(world, 2000, seed=0)["task"])
+    assert sft_dataset(world, 300, seed=3)["prompt"] == sft_dataset(world, 300, seed=3, mix="easy")["prompt"]
+    ev = new_content_eval(world)
+    assert len(ev) == 676 and len(set(ev["prompt"])) == 676
+    with pytest.raises(ValueError, match="mix"):
+        sft_dataset(world, 10, mix="hard")
+    with pytest.raises(ValueError, match="knowledge_fraction \\+ new_content_fraction"):
+        sft_dataset(world, 10, knowledge_fraction=0.8, mix="cipher", new_content_fraction=0.3)
