@@ -13,8 +13,17 @@ For each notebook that book/_toc.yml enables (or each notebook given on the comm
 - it loads nothing from the network when rendered: no ipywidgets outputs (use ``from tqdm import tqdm``, not
   ``tqdm.auto``), no images or scripts from http(s) URLs in Markdown or HTML outputs.
 
+Teaching notes (printed; they fail the check only with ``--strict``):
+
+- every plot has a caption: the Markdown cell right after a code cell that shows an image starts with
+  ``**Figure.**`` (visible in Jupyter and Colab as well as in the book);
+- every ★★★ solution runs: its solution is a ``{solution-start}``...``{solution-end}`` block with at least one
+  code cell (an open question still gets a runnable first step), not prose only;
+- solution code is not hidden a second time: no ``hide-input``/``hide-cell`` tag inside a folded solution;
+- the opening cell says how long the chapter takes (``Time: ...``).
+
     python book/lint_chapters.py                   # every enabled chapter
-    python book/lint_chapters.py notebooks/04_*.ipynb
+    python book/lint_chapters.py --strict notebooks/04_*.ipynb
 """
 import json
 import re
@@ -60,31 +69,56 @@ def _source(cell) -> str:
     return "".join(src) if isinstance(src, list) else src
 
 
-LIST_EXERCISE = re.compile(r"^\s*(?:\d+\.|[-*])\s+(★{1,3})(?!★)", re.M)
 HIDDEN_TAGS = {"hide-input", "hide-cell"}
+CAPTION = re.compile(r"^\s*\*\*Figure\.\*\*")
+SOLUTION_START = re.compile(r"^(?:```+|:::+)\{solution-start\}[ \t]*(\S+)", re.M)
+SOLUTION_END = re.compile(r"^(?:```+|:::+)\{solution-end\}", re.M)
 
 
-def _lint_hidden_solutions(cells) -> list[str]:
-    """Exercises as a starred list under '## Exercises', each solved in a code cell the book folds away
-    (tag ``hide-input`` or ``hide-cell``; nbval still runs it)."""
-    start = next((i for i, c in enumerate(cells) if c["cell_type"] == "markdown"
-                  and re.search(r"^##\s+Exercises", _source(c), re.M)), None)
-    if start is None:
-        return ["no exercises: use the {exercise} directive (see book/README.md) or a starred list under '## Exercises'"]
-    levels = LIST_EXERCISE.findall(_source(cells[start]))
-    hidden = [c for c in cells[start + 1:] if c["cell_type"] == "code"
-              and HIDDEN_TAGS & set(c.get("metadata", {}).get("tags", []))]
-    problems = []
-    if len(levels) < 2:
-        problems.append(f"{len(levels)} starred exercise(s) under '## Exercises': write at least two")
-    if len(set(levels)) < 2:
-        problems.append("the exercises must span at least two difficulty levels (★, ★★, ★★★)")
-    if len(hidden) < len(levels):
-        problems.append(f"{len(levels)} exercises but {len(hidden)} solution cell(s) tagged hide-input/hide-cell")
-    return problems
+def _shows_image(cell) -> bool:
+    return any("image/png" in o.get("data", {}) or "image/svg+xml" in o.get("data", {})
+               for o in cell.get("outputs", []))
 
 
-def lint(path: Path, repo_url: str) -> list[str]:
+def teaching_notes(cells, exercises) -> list[str]:
+    """The softer rules of a good chapter (see the module docstring)."""
+    notes = []
+    code_no = 0
+    for i, c in enumerate(cells):
+        if c["cell_type"] != "code" or not _source(c).strip():
+            continue
+        code_no += 1
+        if _shows_image(c):
+            nxt = cells[i + 1] if i + 1 < len(cells) else None
+            if nxt is None or nxt["cell_type"] != "markdown" or not CAPTION.match(_source(nxt)):
+                notes.append(f"code cell {code_no} shows a plot without a caption: start the next Markdown cell "
+                             "with '**Figure.**' and say what to read off it")
+    # which code cells belong to which gated solution
+    solution_code, open_label = {}, None
+    for c in cells:
+        src = _source(c)
+        if c["cell_type"] == "markdown":
+            for m in re.finditer(f"{SOLUTION_START.pattern}|{SOLUTION_END.pattern}", src, re.M):
+                open_label = m.group(1) if m.group(1) else None
+                if open_label:
+                    solution_code.setdefault(open_label, [])
+        elif open_label is not None and src.strip():
+            solution_code[open_label].append(c)
+    for label, title in exercises:
+        if title.startswith("★★★") and not solution_code.get(label):
+            notes.append(f"the ★★★ exercise {label!r} has a prose-only solution: give it runnable code "
+                         "({solution-start} ... {solution-end} with a code cell)")
+    for label, cs in solution_code.items():
+        if any(HIDDEN_TAGS & set(c.get("metadata", {}).get("tags", [])) for c in cs):
+            notes.append(f"the solution of {label!r} tags its code hide-input/hide-cell: it is folded already")
+    intro = next((_source(c) for c in cells if c["cell_type"] == "markdown"), "")
+    if "Time:" not in intro:
+        notes.append("the opening cell does not say how long the chapter takes to run ('Time: about N min ...')")
+    return notes
+
+
+def lint(path: Path, repo_url: str) -> tuple[list[str], list[str]]:
+    """(problems, teaching notes) of one chapter notebook."""
     nb = json.loads(path.read_text(encoding="utf-8"))
     cells = nb.get("cells", [])
     code = [c for c in cells if c["cell_type"] == "code" and _source(c).strip()]
@@ -128,8 +162,9 @@ def lint(path: Path, repo_url: str) -> list[str]:
         problems.append(f"the exercises must be the last '## ' section, or the one before a closing '## Summary' "
                         f"(sections end with {headings[-2:]!r})")
     exercises = list(EXERCISE.finditer(markdown))
-    if not exercises:  # the other accepted form: a list of starred exercises, solutions in hide-input code cells
-        problems += _lint_hidden_solutions(cells)
+    if not exercises:
+        problems.append("no exercises: write them with the {exercise} directive and fold each solution with "
+                        "{solution} or {solution-start} ... {solution-end} (see book/README.md)")
     labels = [LABEL.search(m["opts"]).group(1) for m in exercises if LABEL.search(m["opts"])]
     if exercises and len(exercises) < 2:
         problems.append(f"{len(exercises)} exercise(s): write at least two, of different difficulty")
@@ -152,20 +187,27 @@ def lint(path: Path, repo_url: str) -> list[str]:
     if EXTERNAL_MD.search(markdown):
         problems.append("a Markdown cell shows an image or script from an http(s) URL (Colab badges included): "
                         "the book adds the Colab link itself; put images in the repository")
-    return problems
+    titled = [(LABEL.search(m["opts"]).group(1), m["title"].strip()) for m in exercises if LABEL.search(m["opts"])]
+    return problems, teaching_notes(cells, titled)
 
 
 def main(argv=None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    strict = "--strict" in args
+    args = [a for a in args if a != "--strict"]
     repo_url = yaml.safe_load(CONFIG.read_text())["repository"]["url"].rstrip("/")
     paths = [Path(a) for a in args] if args else enabled_notebooks()
-    failed = 0
+    failed = noted = 0
     for path in paths:
-        problems = lint(path, repo_url)
-        failed += bool(problems)
+        problems, notes = lint(path, repo_url)
+        failed += bool(problems or (strict and notes))
+        noted += bool(notes)
         for p in problems:
             print(f"lint_chapters: {path.name}: {p}")
-    print(f"lint_chapters: {len(paths)} notebook(s), {failed} with problems" + (" -- FAILED" if failed else " -- ok"))
+        for n in notes:
+            print(f"lint_chapters: {path.name}: {'' if strict else 'note: '}{n}")
+    print(f"lint_chapters: {len(paths)} notebook(s), {failed} with problems, {noted} with teaching notes"
+          + ("" if strict else " (notes fail only with --strict)") + (" -- FAILED" if failed else " -- ok"))
     return 1 if failed else 0
 
 

@@ -1,8 +1,12 @@
 """Write copies of chapter notebooks without the exercise solutions, to hand out to students.
 
-Removes every solution (a Markdown cell holding a ``{solution}`` directive, and everything from a
-``{solution-start}`` cell to its ``{solution-end}`` cell, code cells included) and clears all outputs, so the
-handout is also free of the answers the saved outputs would show.
+Removes every solution and clears all outputs, so the handout is also free of the answers the saved outputs
+would show. A solution is
+
+- a ``{solution}`` directive block in a Markdown cell (fenced with backticks or colons);
+- everything from a ``{solution-start}`` directive to its ``{solution-end}``, code cells included;
+- in the older list style (a starred list of exercises under ``## Exercises``), every code cell after that heading
+  tagged ``hide-input`` or ``hide-cell``: the book folded those away as the solutions.
 
     python book/strip_solutions.py notebooks/04_*.ipynb --out handouts/
 """
@@ -15,47 +19,58 @@ import nbformat
 
 # Directives may be fenced with backticks or, with the colon_fence extension, with colons (:::{solution}).
 START = re.compile(r"^(?:```+|:::+)\{solution-start\}", re.M)
-END = re.compile(r"^(?:```+|:::+)\{solution-end\}", re.M)
+# a whole {solution-end} directive, up to its closing fence (the same fence that opened it)
+END = re.compile(r"^(```+|:::+)\{solution-end\}.*?^\1[ \t]*$\n?", re.M | re.S)
+BLOCK = re.compile(r"^(```+|:::+)\{solution\}.*?^\1[ \t]*$\n?", re.M | re.S)
+EXERCISES = re.compile(r"^##\s+Exercises", re.M)
+HIDDEN_TAGS = {"hide-input", "hide-cell"}
 
 
-def _drop_solution_blocks(src: str) -> tuple[str, int]:
-    """Remove every ```{solution} ... ``` block from a Markdown source."""
-    pattern = re.compile(r"^(```+|:::+)\{solution\}.*?^\1[ \t]*$\n?", re.M | re.S)
-    return pattern.sub("", src).strip(), len(pattern.findall(src))
+def _strip_markdown(src: str, inside: bool) -> tuple[str, bool, int]:
+    """Walk one Markdown source. Returns (the text outside solutions, whether a gated solution is still open at
+    the end of the cell, how many solutions started or were dropped here).
+
+    One cell may close a solution, hold the next exercise and open its solution, in that order.
+    """
+    kept, removed, pos = [], 0, 0
+    while True:
+        if inside:
+            end = END.search(src, pos)
+            if end is None:  # the solution goes on in the next cells
+                break
+            pos, inside = end.end(), False
+        else:
+            start = START.search(src, pos)
+            kept.append(src[pos:start.start() if start else len(src)])
+            if start is None:
+                break
+            pos, inside, removed = start.end(), True, removed + 1
+    text = "".join(kept)
+    removed += len(BLOCK.findall(text))
+    return BLOCK.sub("", text).strip(), inside, removed
 
 
 def strip(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, int]:
     """Return the notebook without solutions and outputs, and how many solutions were removed."""
-    cells, inside, removed = [], False, 0
-
-    def keep_markdown(src: str) -> None:
-        nonlocal removed
-        src, n = _drop_solution_blocks(src)
-        removed += n
-        if src:
-            cells.append(nbformat.v4.new_markdown_cell(src))
-
+    cells, inside, removed, in_exercises = [], False, 0, False
     for cell in nb.cells:
-        src = cell.source if cell.cell_type == "markdown" else ""
-        if inside:  # inside a gated solution: drop cells up to {solution-end}, keep what follows it
-            if m := END.search(src):
-                inside = False
-                keep_markdown(src[m.end():].split("\n", 2)[-1] if src[m.end():].count("\n") >= 2 else "")
-            continue
-        if m := START.search(src):
-            removed += 1
-            keep_markdown(src[:m.start()])
-            if end := END.search(src, m.end()):  # start and end in the same cell
-                keep_markdown(src[end.end():].split("\n", 2)[-1] if src[end.end():].count("\n") >= 2 else "")
-            else:
-                inside = True
-            continue
         if cell.cell_type == "markdown":
-            keep_markdown(src)
+            in_exercises = in_exercises or bool(EXERCISES.search(cell.source))
+            text, inside, n = _strip_markdown(cell.source, inside)
+            removed += n
+            if text:
+                cells.append(nbformat.v4.new_markdown_cell(text))
+            continue
+        if inside:  # a code cell of a gated solution
             continue
         if cell.cell_type == "code":
+            if in_exercises and HIDDEN_TAGS & set(cell.get("metadata", {}).get("tags", [])):
+                removed += 1  # the list style's folded solution cell
+                continue
             cell.outputs, cell.execution_count = [], None
         cells.append(cell)
+    if inside:
+        raise ValueError("a {solution-start} has no {solution-end}: the rest of the notebook would be dropped")
     nb.cells = cells
     return nb, removed
 
