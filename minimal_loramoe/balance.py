@@ -85,6 +85,23 @@ def cv_squared(z: torch.Tensor) -> torch.Tensor:
     return z.var() / (z.mean() ** 2 + 1e-10)
 
 
+def balance_matrix(gates, task_types, delta: float = 0.1, attention_mask=None, corrected: bool = False):
+    """Z = Q * C of one LoRAMoE layer, shape (B, E): the matrix whose squared coefficient of variation is the loss.
+
+    ``corrected=False`` is the official Z (Eq. 6-7); ``corrected=True`` swaps the coefficients and divides Q by each
+    sample's number of real tokens (see :func:`corrected_localized_balance_loss`).
+    """
+    task_types = _check(gates, task_types, attention_mask)
+    Q = importance(gates, attention_mask)  # (B, E)
+    if corrected:
+        if attention_mask is not None:
+            Q = Q / attention_mask.sum(dim=1, keepdim=True).clamp(min=1).to(Q.dtype)
+        else:
+            Q = Q / gates.shape[1]
+    C = coefficients(task_types, gates.shape[-1], delta, corrected=corrected)  # (B, E)
+    return Q * C
+
+
 def localized_balance_loss(gates, task_types, delta: float = 0.1, beta: float = 0.1, attention_mask=None):
     """The localized balancing loss exactly as the official LoRAMoE code computes it (Eq. 6-8, CV^2).
 
@@ -95,10 +112,7 @@ def localized_balance_loss(gates, task_types, delta: float = 0.1, beta: float = 
         beta: weight of the loss.
         attention_mask: optional (B, T); padded positions are left out of Q.
     """
-    task_types = _check(gates, task_types, attention_mask)
-    Q = importance(gates, attention_mask)  # (B, E)
-    C = coefficients(task_types, gates.shape[-1], delta)  # (B, E)
-    return beta * cv_squared(Q * C)
+    return beta * cv_squared(balance_matrix(gates, task_types, delta, attention_mask))
 
 
 def corrected_localized_balance_loss(gates, task_types, delta: float = 0.1, beta: float = 0.1, attention_mask=None):
@@ -108,14 +122,7 @@ def corrected_localized_balance_loss(gates, task_types, delta: float = 0.1, beta
     so minimising the variance gives the matching group *more* weight: Q_match / Q_other = (1+delta)/(1-delta)),
     and Q is divided by each sample's number of real tokens (a per-sample mean instead of a sum).
     """
-    task_types = _check(gates, task_types, attention_mask)
-    Q = importance(gates, attention_mask)  # (B, E)
-    if attention_mask is not None:
-        Q = Q / attention_mask.sum(dim=1, keepdim=True).clamp(min=1).to(Q.dtype)
-    else:
-        Q = Q / gates.shape[1]
-    C = coefficients(task_types, gates.shape[-1], delta, corrected=True)
-    return beta * cv_squared(Q * C)
+    return beta * cv_squared(balance_matrix(gates, task_types, delta, attention_mask, corrected=True))
 
 
 def lora_gates(layer: LoRAMoELinear) -> torch.Tensor:
@@ -130,20 +137,27 @@ def lora_gates(layer: LoRAMoELinear) -> torch.Tensor:
 
 
 def model_balance_loss(model, task_types, attention_mask=None, delta: float = 0.1, beta: float = 0.1,
-                       variant: str = "official") -> torch.Tensor:
+                       variant: str = "official", gather=None) -> torch.Tensor:
     """Sum of the localized balancing loss over every LoRAMoE layer of ``model`` after a forward pass.
 
     The paper adds one such loss per LoRAMoE layer to the cross-entropy: ``loss = ce + model_balance_loss(...)``.
     ``variant`` is ``"official"`` or ``"corrected"``. Identity experts, if any, are left out (module docstring).
+
+    ``gather``, if given, maps the stacked per-layer Z matrices (L, B, E) of this process's batch to those of the
+    whole global batch (L, B_global, E) -- for data-parallel training, where each process holds only a slice of
+    the batch and the variance must be taken over all of it (see ``finetune.sft_loop``).
     """
     if variant not in LBC_VARIANTS:
         raise ValueError(f"variant must be one of {LBC_VARIANTS}, got {variant!r}")
-    loss_fn = localized_balance_loss if variant == "official" else corrected_localized_balance_loss
     layers = [m for m in model.modules() if isinstance(m, LoRAMoELinear)]
     if not layers:
         raise ValueError("model has no LoRAMoELinear layers: call add_loramoe(model) first")
+    zs = [balance_matrix(lora_gates(layer), task_types, delta, attention_mask, corrected=variant == "corrected")
+          for layer in layers]
+    if gather is not None:
+        zs = gather(torch.stack(zs))  # one collective for all layers, not one per layer
     total = None
-    for layer in layers:
-        loss = loss_fn(lora_gates(layer), task_types, delta, beta, attention_mask)
+    for z in zs:
+        loss = beta * cv_squared(z)
         total = loss if total is None else total + loss
     return total

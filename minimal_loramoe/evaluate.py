@@ -35,12 +35,15 @@ def _token_ids(tokenizer, texts, add_special_tokens: bool) -> list:
     return [cache[(t, add_special_tokens)] for t in texts]
 
 
-def encode_examples(tokenizer, prompts, answers, add_eos=True) -> dict:
+def encode_examples(tokenizer, prompts, answers, add_eos=True, prompt_special_tokens: bool = True,
+                    eos_id: int | None = None) -> dict:
     """Tokenize ``prompt + " " + answer (+ </s>)`` for a batch, right-padded, as torch tensors.
 
     Returns ``input_ids`` (B, T), ``attention_mask`` (B, T) and ``labels`` (B, T): the answer tokens (and eos)
     keep their ids, every prompt and padding position is -100 -- so the loss of a causal LM trained on these
     batches is the answer-only SFT loss. ``add_eos`` is one bool for all rows or one bool per row.
+    ``prompt_special_tokens=False`` for prompts that already hold them (text rendered by a chat template);
+    ``eos_id`` is the token that ends an answer (default ``tokenizer.eos_token_id``).
     """
     prompts, answers = list(prompts), list(answers)
     if len(prompts) != len(answers):
@@ -48,9 +51,13 @@ def encode_examples(tokenizer, prompts, answers, add_eos=True) -> dict:
     eos = [bool(add_eos)] * len(prompts) if isinstance(add_eos, (bool, int)) else [bool(e) for e in add_eos]
     if len(eos) != len(prompts):
         raise ValueError(f"add_eos must be a bool or one bool per row, got {len(eos)} values for {len(prompts)} rows")
-    prompt_ids = _token_ids(tokenizer, prompts, add_special_tokens=True)      # <s> prompt
-    answer_ids = _token_ids(tokenizer, answers, add_special_tokens=False)     # answer
-    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id  # (looked up once: slow properties)
+    prompt_ids = _token_ids(tokenizer, prompts, add_special_tokens=prompt_special_tokens)  # <s> prompt
+    answer_ids = _token_ids(tokenizer, answers, add_special_tokens=False)                  # answer
+    if eos_id is None:
+        eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id  # (looked up once: slow properties)
+    if pad_id is None:  # many base models have no pad token; any id will do, padding is masked and never scored
+        pad_id = eos_id
     seqs, labels = [], []
     for p, a, e in zip(prompt_ids, answer_ids, eos):
         a = a + [eos_id] if e else a
@@ -74,12 +81,22 @@ def _columns(dataset):
         raise ValueError("dataset must have 'prompt' and 'answer' columns (see minimal_loramoe.world)") from err
 
 
+# Config fields of Hugging Face models whose logits are more than ``lm_head(hidden)`` (Gemma 2's soft-capping,
+# Cohere's and Granite's scaling): for those the shortcut in ``answer_logits`` would be wrong.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def _plain_head(model) -> bool:
+    config = getattr(model, "config", None)
+    return all(getattr(config, name, None) in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS)
+
+
 def answer_logits(model, ids, mask, rows, cols) -> torch.Tensor:
     """Logits (N, V) at positions (rows, cols) only. For a ``*ForCausalLM`` with ``.model`` and ``.lm_head`` the
     vocabulary projection runs at those positions alone: the answer-only loss and the exact-match check need
     nothing else, and on the tiny model the projection over every position costs a quarter of the compute."""
     body, head = getattr(model, "model", None), getattr(model, "lm_head", None)
-    if isinstance(body, torch.nn.Module) and isinstance(head, torch.nn.Module):
+    if isinstance(body, torch.nn.Module) and isinstance(head, torch.nn.Module) and _plain_head(model):
         hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state   # (B, T, H)
         return head(hidden[rows, cols])                                        # (N, V)
     return model(input_ids=ids, attention_mask=mask).logits[rows, cols]

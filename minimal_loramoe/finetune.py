@@ -26,24 +26,37 @@ The loss is the cross-entropy on the answer tokens only (the prompt is context),
 constraint, the localized balancing loss summed over all LoRAMoE layers (Dou et al., 2024, Eq. 9), plus, with
 ``l1_weight > 0``, SLIM's L1 penalty on the adapters. With ``mask_rate > 0`` every evaluation sees the experts
 DARE-masked (:func:`~minimal_loramoe.slim.dare_masked`); training always uses the unmasked experts.
-The learning rate is constant after a short warm-up, so that evaluating one run after its first N examples is the
-same as a separate run on N examples: one pass gives the whole "more SFT data" curve.
+
+One loop, :func:`sft_loop`, trains every model of the book -- the tiny LLaMA (through :func:`finetune`), SmolLM2
+(``smollm.train_sft``) and any Hugging Face causal LM (``python -m minimal_loramoe.train``, on one or many
+processes with ``accelerate``). By default it makes one pass over the data with a learning rate that is constant
+after a short warm-up, so that evaluating one run after its first N examples is the same as a separate run on N
+examples: one pass gives the whole "more SFT data" curve. ``steps`` and ``schedule="cosine"`` give the usual
+fixed-length recipe instead.
 """
 import copy
 import math
+import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm  # text bars: widget bars cannot render in the static book
 
 from .balance import model_balance_loss
-from .evaluate import answer_loss, encode_examples
-from .inject import SLIM_DEFAULTS, adapter_layers, add_gated_lora, add_lora, add_loramoe
+from .evaluate import IGNORE_INDEX, answer_loss, encode_examples
+from .inject import (ADAPTER_FILE, SLIM_DEFAULTS, adapter_layers, adapter_state_dict, add_gated_lora, add_lora,
+                     add_loramoe, save_loramoe)
 from .loramoe import check_slim_args
 from .slim import dare_masked, l1_penalty
 from .utils import get_device, set_seed
 
 LBC_OF_METHOD = {"loramoe_official_lbc": "official", "loramoe": "corrected"}
+SCHEDULES = ("constant", "cosine")
+COLUMNS = ("prompt", "answer", "type")
 # SLIM's settings per method, not tuned: the paper's K = 2 and 2 identity experts; 8 clusters per layer; masking
 # rate p = 0.5 (the paper: too large hurts the tasks, too small does not stop forgetting); l1_weight = 10, so the
 # penalty's gradient per adapter entry, 10 / (E r (d_in + d_out)) ~ 1e-3, is of the order of the cross-entropy's
@@ -67,6 +80,10 @@ _DEFAULTS = {**SLIM_DEFAULTS, "l1_weight": 0.0, "mask_rate": 0.0}
 class FinetuneConfig:
     """Settings of one fine-tuning run. ``rank`` is per expert; LoRA and gated LoRA get rank ``num_experts*rank``.
 
+    ``batch_size`` is per process: with P data-parallel processes a step trains on ``P * batch_size`` samples.
+    ``steps=None`` is one pass over the data; ``steps=N`` is N steps, reshuffling each time the data runs out.
+    ``schedule``: ``"constant"`` after ``warmup_steps`` of linear warm-up, or ``"cosine"`` decay to 0 at the end.
+
     The SLIM fields (``top_k`` ... ``mask_rate``) left at None take the method's value from ``METHOD_SETTINGS``
     (plain LoRAMoE's for the other methods); ``l1_weight`` and ``mask_rate`` apply to any LoRAMoE-layer method.
     """
@@ -82,6 +99,8 @@ class FinetuneConfig:
     warmup_steps: int = 20
     weight_decay: float = 0.0
     seed: int = 0
+    steps: int | None = None
+    schedule: str = "constant"
     top_k: int | None = None
     num_identity_experts: int | None = None
     num_clusters: int | None = None
@@ -111,11 +130,21 @@ class FinetuneConfig:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1 (or None for one pass over the data), got {self.steps!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        if self.method in LBC_OF_METHOD and self.num_experts % 2:
+            raise ValueError(f"num_experts must be even for method {self.method!r}: the balancing constraint splits "
+                             f"the experts into two equal groups (paper Sec. 3.3), got {self.num_experts}")
 
 
-def prepare_model(base_model, config: FinetuneConfig):
-    """A fresh copy of ``base_model`` set up for ``config.method`` (the base model itself is never touched)."""
-    model = copy.deepcopy(base_model)
+def prepare_model(base_model, config: FinetuneConfig, copy_model: bool = True):
+    """``base_model`` set up for ``config.method``: a fresh copy (the base model itself is never touched), or with
+    ``copy_model=False`` the model itself, changed in place (a 7B model is not copied just to be thrown away)."""
+    model = copy.deepcopy(base_model) if copy_model else base_model
     c = config
     if c.method == "full_ft":
         return model.requires_grad_(True)
@@ -135,7 +164,7 @@ def prepare_model(base_model, config: FinetuneConfig):
 
 def finetune(base_model, tokenizer, dataset, config: FinetuneConfig, eval_every=None, eval_fn=None,
              device=None, progress: bool = True):
-    """Fine-tune a copy of ``base_model`` on ``dataset`` (columns prompt, answer, type) for one pass.
+    """Fine-tune a copy of ``base_model`` on ``dataset`` (columns prompt, answer, type) with :func:`sft_loop`.
 
     Args:
         eval_every: example counts (e.g. ``[1000, 4000, 16000]``) after which ``eval_fn(model, n_seen)`` is
@@ -148,53 +177,247 @@ def finetune(base_model, tokenizer, dataset, config: FinetuneConfig, eval_every=
     device = get_device(device)
     set_seed(config.seed)
     model = prepare_model(base_model, config).to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / config.warmup_steps))
-    lbc = LBC_OF_METHOD.get(config.method)
+    history = sft_loop(model, tokenizer, dataset, config, device=device, eval_every=eval_every, eval_fn=eval_fn,
+                       progress=progress)
+    return model.eval(), history
 
-    n = len(dataset)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed)).tolist()
+
+# ----------------------------------------------------------------------------------------------------------------
+# the loop
+
+
+class AnswerOnlyLoss(nn.Module):
+    """A model and its SFT loss as one module: ``forward(**batch)`` is :func:`evaluate.answer_loss`.
+
+    Why a module: under data parallelism (DDP, FSDP) gradients are synchronised only for a forward pass that
+    goes through the wrapped module. ``answer_loss`` calls the decoder and the output layer of a causal LM
+    separately (the vocabulary projection runs at the answer positions only), which would bypass a wrapper put
+    around the causal LM itself; wrapping this module instead keeps that saving *and* the synchronisation.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, labels):
+        return answer_loss(self.model, {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels})
+
+
+def plain_encoder(tokenizer, prompts, answers) -> dict:
+    """The default batch encoder: ``<s> prompt answer </s>``, the loss on ``answer </s>`` only."""
+    return encode_examples(tokenizer, prompts, answers, add_eos=True)
+
+
+def batch_indices(n: int, global_batch: int, steps: int | None, seed: int) -> list[list[int]]:
+    """The row indices of every (global) batch, in a random order fixed by ``seed``.
+
+    ``steps=None``: one pass, the last batch possibly shorter. ``steps=N``: N full batches; when the rows left in
+    the current order cannot fill a batch, a new random order starts (those rows come back in the next one).
+    The batches depend on the *global* batch size only, not on how many processes share each batch.
+    """
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=g).tolist()
+    if steps is None:
+        return [order[i:i + global_batch] for i in range(0, n, global_batch)]
+    if global_batch > n:
+        raise ValueError(f"the global batch ({global_batch} samples) is larger than the dataset ({n} rows)")
+    batches, pos = [], 0
+    for _ in range(steps):
+        if pos + global_batch > n:
+            order, pos = torch.randperm(n, generator=g).tolist(), 0
+        batches.append(order[pos:pos + global_batch])
+        pos += global_batch
+    return batches
+
+
+def lr_factor(config: FinetuneConfig, total_steps: int):
+    """The learning-rate multiplier of step s: linear warm-up, then constant or a cosine decay to 0."""
+    def warm(s):
+        return min(1.0, (s + 1) / max(1, config.warmup_steps))
+    if config.schedule == "constant":
+        return warm
+    return lambda s: warm(s) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+
+
+def check_sft_dataset(dataset) -> None:
+    """Refuse a dataset without the columns prompt, answer, type, or with types other than 0 and 1."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:
+        raise ValueError(f"dataset must be a datasets.Dataset with columns {COLUMNS}, got {type(dataset).__name__}")
+    missing = [c for c in COLUMNS if c not in columns]
+    if missing:
+        raise ValueError(f"dataset must have the columns {COLUMNS}; missing {missing} "
+                         "(type: 1 = world-knowledge sample, 0 = other task)")
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty")
+    types = set(dataset.unique("type"))
+    if not types <= {0, 1}:
+        raise ValueError(f"column 'type' must hold only 0 (other task) and 1 (world knowledge), got {sorted(types)}")
+
+
+def _gather_keeping_local_grad(accelerator, z: torch.Tensor) -> torch.Tensor:
+    """(L, B, E) of this process -> (L, P*B, E) of all processes, in process order (= the rows of the global batch).
+
+    The other processes' rows arrive as constants; only this process's own rows carry a gradient. Every process
+    then computes the same global loss L, and the gradient it back-propagates is dL/d(own rows) only; DDP
+    *averages* those over the P processes, so the loss is multiplied by P before backward (see :func:`sft_loop`)
+    to make the average the full gradient dL/dθ of a one-process run on the whole batch.
+    """
+    everyone = accelerator.gather(z.detach().transpose(0, 1).contiguous()).transpose(0, 1)  # (L, P*B, E)
+    r, b = accelerator.process_index, z.shape[1]
+    return torch.cat([everyone[:, :r * b], z, everyone[:, (r + 1) * b:]], dim=1)
+
+
+def _shards_parameters(accelerator) -> bool:
+    """Whether the parameters are split across processes outside the forward pass (FSDP, DeepSpeed ZeRO-3)."""
+    kind = str(accelerator.distributed_type)
+    if kind.endswith("FSDP"):
+        return True
+    deepspeed = getattr(accelerator.state, "deepspeed_plugin", None)
+    return kind.endswith("DEEPSPEED") and deepspeed is not None and deepspeed.zero_stage == 3
+
+
+def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_encoder, accelerator=None,
+             device=None, eval_every=None, eval_fn=None, save_to=None, progress: bool = True) -> dict:
+    """Train whatever requires a gradient in ``model`` on ``dataset`` with AdamW: the one SFT loop of the book.
+
+    Args:
+        model: a causal LM, already prepared for ``config.method`` (see :func:`prepare_model`).
+        dataset: a ``datasets.Dataset`` with columns prompt, answer and type (1 = world knowledge, 0 = task).
+        encode: ``encode(tokenizer, prompts, answers) -> {input_ids, attention_mask, labels}`` with label -100 on
+            every position that is not trained on (default :func:`plain_encoder`; chat models render the prompt
+            with their chat template first, see ``train.chat_encoder``).
+        accelerator: an ``accelerate.Accelerator`` for one or many processes; None trains in this process alone,
+            on ``device`` (default: where the model is).
+        eval_every, eval_fn: as in :func:`finetune` (``eval_fn`` runs in every process).
+        save_to: a folder to write the result into at the end: ``adapter.safetensors`` (see ``save_loramoe``), or
+            for full fine-tuning the whole model with ``save_pretrained`` (safetensors) and the tokenizer.
+    Returns:
+        history = {"config", "loss", "lbc", "l1", "evals"}: the answer-only cross-entropy and the balancing loss
+        of every step, both over the whole global batch, and SLIM's weighted L1 penalty (``l1_weight > 0`` only).
+        With ``mask_rate > 0`` each ``eval_fn`` call sees the experts DARE-masked; the model is left unmasked.
+
+    Data parallelism, and why P processes train exactly like one. Each step takes one global batch of
+    ``P * config.batch_size`` rows (:func:`batch_indices`) and process r trains on its r-th contiguous slice.
+    DDP averages the P gradients, so each process's loss is scaled to make that average the gradient of the
+    one-process loss on the whole batch: the cross-entropy as a sum over its answer tokens divided by the answer
+    tokens of the *global* batch (times P), and the balancing loss -- a variance over all samples of the batch,
+    which does not split into a mean of per-slice losses -- computed on the gathered router statistics of all
+    processes (times P; see :func:`_gather_keeping_local_grad`). With one process both scalings are exactly 1.
+    SLIM's L1 penalty is *not* scaled: it depends on the parameters only, which are the same in every process, so
+    every process adds the same penalty and the same gradient, and DDP's average of P equal gradients is that
+    gradient -- exactly the one-process one. (Under FSDP or ZeRO-3, where a process holds only a shard of the
+    adapters outside the forward pass, the penalty would see that shard only: that case is refused.) SLIM's
+    weight yielding is the exception to "exactly like one": its cluster buffers follow process 0's slices (warned).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters: prepare it with prepare_model(model, config)")
+    check_sft_dataset(dataset)
+    rank, procs = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    if accelerator is not None and _shards_parameters(accelerator) and (
+            config.l1_weight > 0 or (config.mask_rate > 0 and eval_fn is not None)):
+        raise ValueError("l1_weight > 0 and DARE-masked evaluation (mask_rate > 0 with eval_fn) read the whole "
+                         "adapters outside the forward pass, which FSDP and DeepSpeed ZeRO-3 shard across processes: "
+                         "train with DDP (or ZeRO-1/2), or set l1_weight=0 / mask_rate=0")
+    if accelerator is not None:
+        device = accelerator.device
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    is_main = accelerator is None or accelerator.is_main_process
+    n, per_process = len(dataset), config.batch_size
+    if procs > 1 and config.steps is None and n % (per_process * procs):
+        raise ValueError(f"with {procs} processes every global batch must be full: give steps (the data then "
+                         f"cycles), or a dataset whose size is a multiple of {per_process * procs}; got {n} rows")
+    batches = batch_indices(n, per_process * procs, config.steps, config.seed)
     checkpoints = sorted(set(eval_every or []))
-    if checkpoints and checkpoints[-1] > n:
-        raise ValueError(f"eval_every asks for {checkpoints[-1]} examples but the dataset has only {n}")
+    seen_at_end = n if config.steps is None else config.steps * per_process * procs
+    if checkpoints and checkpoints[-1] > seen_at_end:
+        raise ValueError(f"eval_every asks for {checkpoints[-1]} examples but the run sees only {seen_at_end}"
+                         + (f" (the dataset has only {n})" if config.steps is None else ""))
+
+    model = model.to(device).train()
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # The schedule counts optimizer steps (global batches). It is not handed to accelerator.prepare, whose
+    # scheduler wrapper would step it once per process per step.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config, len(batches)))
+    objective = AnswerOnlyLoss(model)
+    adapter_names = list(adapter_state_dict(model)) if adapter_layers(model) else None  # before any wrapping
+    if accelerator is not None:
+        deepspeed = getattr(accelerator.state, "deepspeed_plugin", None)
+        if deepspeed is not None:  # DeepSpeed reads the per-process batch size from a DataLoader; we have none
+            deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = per_process
+        objective, opt = accelerator.prepare(objective, opt)  # DDP/FSDP/DeepSpeed wrapper, device placement
+        model = accelerator.unwrap_model(objective).model     # the LoRAMoE layers that keep `last_gates`
+    if procs > 1 and config.num_clusters and is_main:
+        warnings.warn("SLIM's weight yielding (num_clusters > 0) updates its cluster buffers from each process's "
+                      "slice and DDP copies process 0's to the others at every step: with several processes the "
+                      "clusters follow process 0's slices only, and the run does not train exactly like one process")
+    lbc = LBC_OF_METHOD.get(config.method)
+    gather = partial(_gather_keeping_local_grad, accelerator) if procs > 1 else None
+
     history = {"config": asdict(config), "loss": [], "lbc": [], "l1": [], "evals": {}}
-    steps = math.ceil(n / config.batch_size)
-    bar = tqdm(range(steps), desc=config.method, disable=not progress, leave=False)
-    for step in bar:
-        idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-        rows = dataset[idx]
-        batch = {k: v.to(device) for k, v in encode_examples(tokenizer, rows["prompt"], rows["answer"],
-                                                             add_eos=True).items()}
-        loss = answer_loss(model, batch)  # cross-entropy on the answer tokens only
-        total = loss
+    bar = tqdm(batches, desc=config.method, disable=not (progress and is_main), leave=False)
+    for step, idx in enumerate(bar):
+        rows = dataset[idx[rank * per_process:(rank + 1) * per_process]]  # this process's slice of the batch
+        batch = {k: v.to(device) for k, v in encode(tokenizer, rows["prompt"], rows["answer"]).items()}
+        loss = objective(**batch)  # mean cross-entropy over this process's answer tokens
+        ce = total = loss
+        if procs > 1:  # rescale to (sum over own answer tokens) / (answer tokens of the global batch) * P
+            n_own = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().float()
+            n_all, loss_sum = accelerator.reduce(torch.stack([n_own, loss.detach() * n_own]), reduction="sum")
+            total, ce = loss * (n_own * procs / n_all), loss_sum / n_all
         if lbc is not None:
             aux = model_balance_loss(model, torch.tensor(rows["type"], device=device),
                                      attention_mask=batch["attention_mask"], delta=config.lbc_delta,
-                                     beta=config.lbc_beta, variant=lbc)
-            total = loss + aux
+                                     beta=config.lbc_beta, variant=lbc, gather=gather)
+            total = total + (aux * procs if procs > 1 else aux)
             history["lbc"].append(aux.item())
-        if config.l1_weight > 0:
+        if config.l1_weight > 0:  # the same in every process and not rescaled (see the docstring)
             l1 = config.l1_weight * l1_penalty(model)
             total = total + l1
             history["l1"].append(l1.item())
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        if accelerator is not None:
+            accelerator.backward(total)
+        else:
+            total.backward()
         opt.step()
         sched.step()
-        history["loss"].append(loss.item())
+        history["loss"].append(ce.item())
         if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        seen = min(n, (step + 1) * config.batch_size)
+            bar.set_postfix(loss=f"{history['loss'][-1]:.3f}",
+                            **({"lbc": f"{history['lbc'][-1]:.4f}"} if lbc is not None else {}))
+        seen = min(n, (step + 1) * per_process * procs) if config.steps is None else (step + 1) * per_process * procs
         while checkpoints and seen >= checkpoints[0]:
-            if eval_fn and config.mask_rate > 0:  # SLIM evaluates the DARE-masked experts (same masks each time)
-                with dare_masked(model, config.mask_rate, config.seed):
-                    history["evals"][checkpoints[0]] = eval_fn(model, checkpoints[0])
-            else:
+            masked = eval_fn is not None and config.mask_rate > 0  # SLIM evaluates DARE-masked experts
+            with dare_masked(model, config.mask_rate, config.seed) if masked else nullcontext():  # same masks
                 history["evals"][checkpoints[0]] = eval_fn(model, checkpoints[0]) if eval_fn else None
             model.train()
             checkpoints.pop(0)
-    return model.eval(), history
+    model.eval()
+    if save_to is not None:
+        save_trained(objective, model, tokenizer, save_to, adapter_names, accelerator)
+    return history
+
+
+def save_trained(objective, model, tokenizer, folder, adapter_names, accelerator=None) -> None:
+    """Write the trained weights into ``folder``: the adapters only (``adapter.safetensors``), or for full
+    fine-tuning the whole model (``save_pretrained``: ``model.safetensors`` + config) and the tokenizer.
+
+    Under FSDP or DeepSpeed ZeRO-3 each process holds only a shard of the weights: ``accelerator.get_state_dict``
+    gathers the full tensors (every process must call it); only the main process writes.
+    """
+    folder = Path(folder)
+    state = accelerator.get_state_dict(objective) if accelerator is not None else objective.state_dict()
+    state = {k.removeprefix("model."): v for k, v in state.items()}  # AnswerOnlyLoss keeps the LM as .model
+    if accelerator is not None and not accelerator.is_main_process:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    if adapter_names is not None:
+        save_loramoe(model, folder / ADAPTER_FILE, state_dict={k: state[k] for k in adapter_names})
+    else:
+        model.save_pretrained(folder, state_dict=state)
+        tokenizer.save_pretrained(folder)
 
 
 @torch.no_grad()

