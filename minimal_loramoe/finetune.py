@@ -30,8 +30,9 @@ DARE-masked (:func:`~minimal_loramoe.slim.dare_masked`); training always uses th
 One loop, :func:`sft_loop`, trains every model of the book -- the tiny LLaMA (through :func:`finetune`), SmolLM2
 (``smollm.train_sft``) and any Hugging Face causal LM (``python -m minimal_loramoe.train``, on one or many
 processes with ``accelerate``). By default it makes one pass over the data with a learning rate that is constant
-after a short warm-up, so that evaluating one run after its first N examples is the same as a separate run on N
-examples: one pass gives the whole "more SFT data" curve. ``steps`` and ``schedule="cosine"`` give the usual
+after a short warm-up, so that evaluating one run after its first N examples measures what a separate run on N
+examples measures (N i.i.d. draws from the same mix at the same learning rate; not the same rows, since the
+random order is drawn over the whole set): one pass gives the whole "more SFT data" curve. ``steps`` and ``schedule="cosine"`` give the usual
 fixed-length recipe instead.
 """
 import copy

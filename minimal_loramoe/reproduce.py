@@ -175,8 +175,9 @@ def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, 
                    **config_overrides) -> dict:
     """Fine-tune every method for every seed once on ``max(sft_sizes)`` examples, evaluating after each size.
 
-    The learning rate is constant after warm-up and the data of size N is the first N examples of the largest
-    mix, so the evaluation after N examples is exactly what a separate run on N examples would give.
+    The learning rate is constant after warm-up and the first N examples the run sees are N i.i.d. draws from the
+    mix, so the evaluation after N examples measures what a separate run on N examples would (the same
+    distribution of data, not the same rows: the random order is drawn over the largest set).
     ``workers > 1`` runs that many fine-tunings side by side in separate processes, one CPU thread each (on a
     small CPU this beats one process with several threads, since the tiny model cannot keep two cores busy).
     ``store``: a run-store folder (e.g. ``RUNS_DIR``): runs found there are read instead of re-run, new runs are
