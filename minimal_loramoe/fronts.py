@@ -168,6 +168,7 @@ def summary_figure(fixed: dict, easy: dict, cipher: dict, path=None, methods=("f
     ax.legend(fontsize=8, loc="lower left")
     plot_fronts(easy, "downstream", methods, axes[1])
     plot_fronts(cipher, "new_content", methods, axes[2])
+    axes[1].set_xlim(0.85, 1.01)  # every easy-mix point learned most of the tasks: zoom in
     axes[1].set_title(f"fronts, easy mix ({easy['largest'] // 1000}k): each point one lr")
     axes[2].set_title(f"fronts, cipher mix ({cipher['largest'] // 1000}k): new content to learn")
     fig.tight_layout()

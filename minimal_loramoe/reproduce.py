@@ -15,7 +15,7 @@ examples and then held fixed as the data grows, as a practitioner -- and the pap
 happens as the SFT data grows under a fixed recipe"; :mod:`minimal_loramoe.fronts` answers "which method is better
 when each gets its best learning rate at the largest size".
 
-Scales: ``cpu`` (the default, the README's main job: full FT, LoRA and LoRAMoE, one seed, about 8 minutes on 2
+Scales: ``cpu`` (the default, the README's main job: full FT, LoRA and LoRAMoE, one seed, about 6 minutes on 2
 cores), ``full`` (every method, seeds 0-2: the committed ``data/results/reproduce_cpu.json``; its runs are kept in
 the run store ``data/results/runs/`` shared with the fronts, so a stored run is read, not re-run), ``gpu`` (up to
 1M examples) and ``tiny`` (a smoke test).
