@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .finetune import METHODS
-from .reproduce import RESULTS_DIR, RUNS_DIR, SCALES, load_run, run_point
+from .reproduce import RESULTS_DIR, RUNS_DIR, SCALES, load_run, plot_curves, run_point
 from .world import MIXES
 
 SFT_SIZES = tuple(SCALES["full"]["sft_sizes"])  # evaluated along one pass (constant lr after warm-up)
@@ -157,15 +157,9 @@ def summary_figure(fixed: dict, easy: dict, cipher: dict, path=None, methods=("f
     then the learning-forgetting fronts at the largest size on the easy and on the cipher mix."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3), facecolor="white")
-    ax = axes[0]
-    for m in methods:
-        ax.errorbar(fixed["sft_sizes"], fixed["knowledge"][m], yerr=fixed["knowledge_std"][m], marker="o", capsize=3,
-                    label=f"{m} (lr {fixed['lr'][m]:g})")
-    ax.axhline(fixed["knowledge"]["pretrained"], color="black", ls="--", lw=1, label="pretrained")
-    ax.set(xscale="log", xlabel="SFT examples (easy mix)", ylabel="held-out knowledge kept", ylim=(-0.02, 1.02),
-           title="fixed recipe: lr tuned at 16k, data grows")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    plot_curves(fixed, "knowledge", axes[0], methods, "fixed recipe: lr tuned at 16k, data grows")
+    axes[0].set(xlabel="SFT examples (easy mix)", ylabel="held-out knowledge kept")
+    axes[0].legend(fontsize=8, loc="lower left")
     plot_fronts(easy, "downstream", methods, axes[1])
     plot_fronts(cipher, "new_content", methods, axes[2])
     axes[1].set_xlim(0.85, 1.01)  # every easy-mix point learned most of the tasks: zoom in

@@ -277,17 +277,22 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_curves(res: dict, key: str, ax, methods=None, title=None):
+    """One metric against SFT size on ``ax``, one line per method (error bars: std over seeds), pretrained dashed."""
+    for m in methods or res["lr"]:
+        ax.errorbar(res["sft_sizes"], res[key][m], yerr=res[key + "_std"][m], marker="o", capsize=3,
+                    label=f"{m} (lr {res['lr'][m]:g})")
+    ax.axhline(res[key]["pretrained"], color="black", ls="--", lw=1, label="pretrained")
+    ax.set(xscale="log", xlabel="SFT examples", ylabel="exact-match accuracy", title=title, ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+
+
 def plot_results(res: dict, path=None):
     """Knowledge and downstream accuracy against SFT size, one line per method (error bars: std over seeds)."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), facecolor="white")
-    for ax, key, title in ((axes[0], "knowledge", "world knowledge (held-out closed-book QA)"),
-                           (axes[1], "downstream", "downstream tasks")):
-        for m in res["lr"]:
-            ax.errorbar(res["sft_sizes"], res[key][m], yerr=res[key + "_std"][m], marker="o", capsize=3, label=m)
-        ax.axhline(res[key]["pretrained"], color="black", ls="--", lw=1, label="pretrained")
-        ax.set(xscale="log", xlabel="SFT examples", ylabel="exact-match accuracy", title=title, ylim=(-0.02, 1.02))
-        ax.grid(alpha=0.3)
+    plot_curves(res, "knowledge", axes[0], title="world knowledge (held-out closed-book QA)")
+    plot_curves(res, "downstream", axes[1], title="downstream tasks")
     axes[0].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     if path:
