@@ -136,20 +136,20 @@ def run_path(mix: str, method: str, lr: float, seed: int, root=RUNS_DIR) -> Path
     return Path(root) / mix / method / f"lr{lr:g}-seed{seed}.json"
 
 
-def load_run(mix, method, lr, seed, sizes, root=RUNS_DIR):
-    """The stored run, or None if there is none that covers ``sizes``."""
+def load_run(mix, method, lr, seed, sizes, root=RUNS_DIR, n_per_task=100):
+    """The stored run, or None if there is none that covers ``sizes`` with the same task-eval size."""
     path = run_path(mix, method, lr, seed, root)
     if not path.is_file():
         return None
     run = json.loads(path.read_text())
-    if not set(map(str, sizes)) <= set(run["evals"]):
-        return None
+    if not set(map(str, sizes)) <= set(run["evals"]) or run.get("n_per_task", 100) != n_per_task:
+        return None  # (the first stored runs predate the "n_per_task" key; they all used 100)
     return run
 
 
 def run_point(mix, method, lr, seed, sizes, threads=1, root=RUNS_DIR, n_per_task=100) -> dict:
     """Fine-tune one grid point (or return it from the store) and store it. Runs in a worker process too."""
-    run = load_run(mix, method, lr, seed, sizes, root)
+    run = load_run(mix, method, lr, seed, sizes, root, n_per_task)
     if run is not None:
         return run
     t0 = time.time()
@@ -207,7 +207,8 @@ def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, 
     if store is not None:
         run = partial(_stored_run, root=store)
     if only_stored:
-        jobs = [j for j in jobs if load_run(mix, EXTRA_RUNS.get(j[0], (j[0],))[0], j[2], j[1], sizes, store)]
+        jobs = [j for j in jobs if load_run(mix, EXTRA_RUNS.get(j[0], (j[0],))[0], j[2], j[1], sizes, store,
+                                            n_per_task)]
     def report(job, evals):
         m, s, lr = job[:3]
         out["runs"].setdefault(m, {})[s] = evals

@@ -28,6 +28,7 @@ def test_store_holds_one_file_per_run_and_is_not_rerun(store):
     again = reproduce.run_point("cipher", "lora", 1e-3, 1, SIZES, root=store)  # read, not re-run
     assert path.stat().st_mtime_ns == before and again == run
     assert reproduce.load_run("cipher", "lora", 1e-3, 1, (64, 128, 256), store) is None  # does not cover 256
+    assert reproduce.load_run("cipher", "lora", 1e-3, 1, SIZES, store, n_per_task=20) is None  # other eval size
 
 
 def test_collect_averages_seeds_in_the_documented_schema(store):
@@ -76,7 +77,7 @@ def test_cipher_mix_has_new_content_the_easy_mix_lacks():
 
 def test_reproduce_only_stored_summarises_what_the_store_holds(store):
     lrs = {"full_ft": 1e-4, "lora": 1e-3}
-    raw = reproduce.run_experiment(SIZES, [0, 1], ["full_ft", "lora"], lrs, 20, progress=False, mix="cipher",
+    raw = reproduce.run_experiment(SIZES, [0, 1], ["full_ft", "lora"], lrs, 100, progress=False, mix="cipher",
                                    store=store, only_stored=True)
     res = reproduce.summarize(raw, SIZES, [0, 1], lrs)
     assert res["seeds_of"] == {"full_ft": [0], "lora": [0, 1]}  # full_ft has no stored seed 1: not run
