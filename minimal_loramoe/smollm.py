@@ -462,6 +462,8 @@ def run_point(base, tokenizer, method: str, lr: float, seed: int, steps: int, kn
     ``point`` holds, after every step count of ``eval_steps`` and after ``steps``: the questions of ``known`` (those
     the base model answered correctly) still answered correctly (``kept``: one 0/1 per question) and the task
     accuracy on ``recipe["n_test"]`` test prompts; plus the training seconds (evaluation excluded) and the last losses.
+    For LoRAMoE the last evaluation also holds the mean gate weight of the knowledge group (experts < E/2, the
+    group the balancing constraint gives the type-1 samples) on the known questions and on the task prompts.
     """
     r = recipe
     set_seed(seed)
@@ -485,6 +487,11 @@ def run_point(base, tokenizer, method: str, lr: float, seed: int, steps: int, kn
                        eval_every=[s * r["batch_size"] for s in checkpoints], eval_fn=evaluate)
     seconds = time.time() - t0 - eval_seconds[0]
     last = evals[steps]
+    if method == "loramoe":  # how much gate weight the knowledge group (experts < E/2) gets, per kind of prompt
+        half = r["num_experts"] // 2
+        last["knowledge_group"] = {kind: round(router_weights(model, tokenizer, qs)[:, :half].sum(-1).mean().item(), 4)
+                                   for kind, qs in (("knowledge", [p["question"] for p in known]),
+                                                    ("task", [s["question"] for s in tests]))}
     point = {"method": method, "lr": lr, "seed": seed, "steps": steps, "n_known": len(known),
              "knowledge_kept": last["knowledge_kept"], "task_accuracy": last["task_accuracy"],
              "train_seconds": round(seconds, 1), "s_per_step": round(seconds / steps, 3),
