@@ -525,7 +525,8 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_experiment(points, steps: int, out, eval_steps=(), recipe: dict = RECIPE, progress: bool = True) -> dict:
+def run_experiment(points, steps: int, out, eval_steps=(), recipe: dict = RECIPE, progress: bool = True,
+                   verbose: bool = True) -> dict:
     """Run every ``(method, lr, seed)`` of ``points`` at ``steps`` steps that ``out`` does not hold yet.
 
     Resumable: the file is rewritten after each point, so a killed run keeps what it finished, and a rerun skips
@@ -555,7 +556,7 @@ def run_experiment(points, steps: int, out, eval_steps=(), recipe: dict = RECIPE
         _, point = run_point(base, tok, method, lr, seed, steps, known, eval_steps, recipe, progress)
         results["points"].append(point)
         _write(out, results)
-        if progress:
+        if verbose:
             print(f"{method} lr {lr:g} seed {seed}: knowledge kept {point['knowledge_kept']}/{len(known)}, "
                   f"task {point['task_accuracy']:.2f}, {point['s_per_step']:.2f} s/step", flush=True)
     return results
@@ -584,6 +585,7 @@ def main(argv=None) -> None:
     r.add_argument("--eval-steps", nargs="*", type=int, default=[], help="also evaluate after these steps")
     r.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     r.add_argument("--out", default=str(RESULTS_FILE))
+    r.add_argument("--no-progress", action="store_true", help="no progress bar (a log file stays readable)")
     s = sub.add_parser("show", help="print the table of a results file")
     s.add_argument("--out", default=str(RESULTS_FILE))
     args = p.parse_args(argv)
@@ -594,7 +596,7 @@ def main(argv=None) -> None:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     torch.set_num_threads(args.threads)
     points = [(m, lr, seed) for seed in args.seeds for m in args.methods for lr in (args.lrs or LR_GRID[m])]
-    run_experiment(points, args.steps, args.out, args.eval_steps)
+    run_experiment(points, args.steps, args.out, args.eval_steps, progress=not args.no_progress)
     print(results_table(load_results(args.out)))
 
 

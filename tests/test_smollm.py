@@ -265,11 +265,11 @@ def test_run_experiment_resumes_and_refuses_another_recipe(tmp_path, monkeypatch
     monkeypatch.setattr(smollm, "evaluate_task", lambda *a, **k: 0.0)
     monkeypatch.setattr(smollm, "run_point", fake_run_point)
     out = tmp_path / "r.json"
-    smollm.run_experiment([("lora", 1e-3, 0), ("loramoe", 1e-3, 0)], steps=5, out=out, progress=False)
+    smollm.run_experiment([("lora", 1e-3, 0), ("loramoe", 1e-3, 0)], steps=5, out=out, progress=False, verbose=False)
     assert calls == [("lora", 1e-3, 0), ("loramoe", 1e-3, 0)]
     res = json.loads(out.read_text())
     assert len(res["points"]) == 2 and len(res["base"]["known"]) == 44
-    smollm.run_experiment([("lora", 1e-3, 0), ("lora", 2e-4, 0)], steps=5, out=out, progress=False)
+    smollm.run_experiment([("lora", 1e-3, 0), ("lora", 2e-4, 0)], steps=5, out=out, progress=False, verbose=False)
     assert calls[2:] == [("lora", 2e-4, 0)]  # the stored point is skipped
     assert "lora       2e-04    0     5" in smollm.results_table(smollm.load_results(out))
     with pytest.raises(ValueError, match="another recipe"):
