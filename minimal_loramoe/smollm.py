@@ -28,7 +28,7 @@ This module also holds the two data sets of the experiment and the few helpers i
 * the experiment of chapter 10 as one command that writes the JSON the chapter reads (resumable, one point per
   method, learning rate and seed)::
 
-      python -m minimal_loramoe.smollm run --methods full_ft lora loramoe --steps 200 --out data/results/smollm2.json
+      python -m minimal_loramoe.smollm run --methods full_ft lora loramoe --steps 160 --out data/results/smollm2.json
 """
 import argparse
 import json
@@ -449,7 +449,7 @@ def prepare(base, method: str, lr: float, seed: int, steps: int, recipe: dict = 
     return model, config
 
 
-def test_set(n: int, exclude=()) -> list[dict]:
+def task_test_set(n: int, exclude=()) -> list[dict]:
     """``n`` task prompts to test on (seed ``TEST_SEED``), none of whose questions is in ``exclude``."""
     exclude = set(exclude)
     return [s for s in reversal_task(load_words(), n, seed=TEST_SEED) if s["question"] not in exclude]
@@ -468,7 +468,7 @@ def run_point(base, tokenizer, method: str, lr: float, seed: int, steps: int, kn
     r = recipe
     set_seed(seed)
     mix = sft_mix(steps * r["batch_size"], r["knowledge_fraction"], seed=seed)
-    tests = test_set(r["n_test"], exclude=[s["question"] for s in mix])
+    tests = task_test_set(r["n_test"], exclude=[s["question"] for s in mix])
     model, config = prepare(base, method, lr, seed, steps, r)
     evals, eval_seconds = {}, [0.0]
 
@@ -543,7 +543,7 @@ def run_experiment(points, steps: int, out, eval_steps=(), recipe: dict = RECIPE
         before = evaluate_knowledge(base, tok, probe, max_new_tokens=recipe["max_new_tokens"])
         results = {"recipe": recipe, "base": {
             "n_probe": len(probe), "known": [i for i, ok in enumerate(before.correct) if ok],
-            "task_accuracy": evaluate_task(base, tok, test_set(recipe["n_test"]))},
+            "task_accuracy": evaluate_task(base, tok, task_test_set(recipe["n_test"]))},
             "machine": {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__},
             "points": []}
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -566,7 +566,8 @@ def results_table(results: dict) -> str:
     """The points of a results file as a text table, one line per (method, lr, seed, steps)."""
     lines = [f"{'method':<8} {'lr':>7} {'seed':>4} {'steps':>5}  {'knowledge kept':>14}  {'task acc.':>9}  "
              f"{'s/step':>6}"]
-    for p in sorted(results["points"], key=lambda p: (EXPERIMENT_METHODS.index(p["method"]), p["lr"], p["seed"])):
+    for p in sorted(results["points"],
+                    key=lambda p: (EXPERIMENT_METHODS.index(p["method"]), p["lr"], p["steps"], p["seed"])):
         lines.append(f"{p['method']:<8} {p['lr']:>7.0e} {p['seed']:>4} {p['steps']:>5}  "
                      f"{p['knowledge_kept']:>4}/{p['n_known']:<3} {p['knowledge_kept'] / p['n_known']:>5.2f}  "
                      f"{p['task_accuracy']:>9.2f}  {p['s_per_step']:>6.2f}")

@@ -237,9 +237,9 @@ def test_sft_mix_is_typed_seeded_and_balanced():
 
 def test_test_prompts_are_not_trained_on():
     mix = smollm.sft_mix(2000, seed=0)
-    tests = smollm.test_set(100, exclude=[s["question"] for s in mix])
+    tests = smollm.task_test_set(100, exclude=[s["question"] for s in mix])
     assert 95 <= len(tests) <= 100 and not {s["question"] for s in tests} & {s["question"] for s in mix}
-    assert len(smollm.test_set(5, exclude=[smollm.test_set(1)[0]["question"]])) == 4
+    assert len(smollm.task_test_set(5, exclude=[smollm.task_test_set(1)[0]["question"]])) == 4
 
 
 def test_prepare_refuses_other_methods():
