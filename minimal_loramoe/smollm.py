@@ -466,6 +466,9 @@ def run_point(base, tokenizer, method: str, lr: float, seed: int, steps: int, kn
     group the balancing constraint gives the type-1 samples) on the known questions and on the task prompts.
     """
     r = recipe
+    checkpoints = sorted({*eval_steps, steps})
+    if checkpoints[0] < 1 or checkpoints[-1] > steps:
+        raise ValueError(f"eval_steps must lie in [1, steps={steps}], got {list(eval_steps)}")
     set_seed(seed)
     mix = sft_mix(steps * r["batch_size"], r["knowledge_fraction"], seed=seed)
     tests = task_test_set(r["n_test"], exclude=[s["question"] for s in mix])
@@ -479,9 +482,6 @@ def run_point(base, tokenizer, method: str, lr: float, seed: int, steps: int, kn
                                             evaluate_task(m, tokenizer, tests), "kept": [int(c) for c in kept.correct]}
         eval_seconds[0] += time.time() - t
 
-    checkpoints = sorted({*eval_steps, steps})
-    if checkpoints[0] < 1 or checkpoints[-1] > steps:
-        raise ValueError(f"eval_steps must lie in [1, steps={steps}], got {list(eval_steps)}")
     t0 = time.time()
     history = sft_loop(model, tokenizer, sft_dataset(mix), config, encode=encode_chat, progress=progress,
                        eval_every=[s * r["batch_size"] for s in checkpoints], eval_fn=evaluate)
@@ -597,8 +597,7 @@ def main(argv=None) -> None:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     torch.set_num_threads(args.threads)
     points = [(m, lr, seed) for seed in args.seeds for m in args.methods for lr in (args.lrs or LR_GRID[m])]
-    run_experiment(points, args.steps, args.out, args.eval_steps, progress=not args.no_progress)
-    print(results_table(load_results(args.out)))
+    print(results_table(run_experiment(points, args.steps, args.out, args.eval_steps, progress=not args.no_progress)))
 
 
 if __name__ == "__main__":
