@@ -562,6 +562,34 @@ def run_experiment(points, steps: int, out, eval_steps=(), recipe: dict = RECIPE
     return results
 
 
+def merge_results(paths, out) -> dict:
+    """Merge results files written by parallel runs (one ``--out`` per process) into ``out``; return the merge.
+
+    ``out`` itself, if it exists, comes first. Every file must share the recipe and the base model's evaluation
+    (the same known questions), or the merge is refused: their points would not be comparable. A point found in
+    several files (same method, lr, seed and steps) is kept once, from the first file that holds it.
+    """
+    out = Path(out)
+    sources = ([out] if out.is_file() else []) + [Path(p) for p in paths]
+    if not sources:
+        raise ValueError("paths: give at least one results file to merge")
+    merged, seen = None, set()
+    for path in sources:
+        res = json.loads(path.read_text(encoding="utf-8"))
+        if merged is None:
+            merged = {**res, "points": []}
+        elif res["recipe"] != merged["recipe"] or res["base"] != merged["base"]:
+            raise ValueError(f"paths: {path} was written with another recipe or base evaluation than {sources[0]}")
+        for point in res["points"]:
+            key = (point["method"], point["lr"], point["seed"], point["steps"])
+            if key not in seen:
+                seen.add(key)
+                merged["points"].append(point)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write(out, merged)
+    return merged
+
+
 def results_table(results: dict) -> str:
     """The points of a results file as a text table, one line per (method, lr, seed, steps)."""
     lines = [f"{'method':<8} {'lr':>7} {'seed':>4} {'steps':>5}  {'knowledge kept':>14}  {'task acc.':>9}  "
@@ -589,9 +617,15 @@ def main(argv=None) -> None:
     r.add_argument("--no-progress", action="store_true", help="no progress bar (a log file stays readable)")
     s = sub.add_parser("show", help="print the table of a results file")
     s.add_argument("--out", default=str(RESULTS_FILE))
+    m = sub.add_parser("merge", help="merge the files of runs made in parallel into --out")
+    m.add_argument("files", nargs="+")
+    m.add_argument("--out", default=str(RESULTS_FILE))
     args = p.parse_args(argv)
     if args.command == "show":
         print(results_table(load_results(args.out)))
+        return
+    if args.command == "merge":
+        print(results_table(merge_results(args.files, args.out)))
         return
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")

@@ -276,6 +276,26 @@ def test_run_experiment_resumes_and_refuses_another_recipe(tmp_path, monkeypatch
         smollm.run_experiment([("lora", 1e-3, 0)], steps=5, out=out, recipe={**smollm.RECIPE, "batch_size": 4})
 
 
+def test_merge_results_joins_parallel_runs_and_refuses_another_recipe(tmp_path):
+    base = {"recipe": smollm.RECIPE, "base": {"n_probe": 88, "known": [0, 1], "task_accuracy": 0.0},
+            "machine": {"cpu": "x", "threads": 1, "torch": "t"}}
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "out.json"
+    a.write_text(json.dumps({**base, "points": [_fake_point("lora", 2e-4, 0, 9)]}))
+    b.write_text(json.dumps({**base, "points": [_fake_point("lora", 2e-4, 0, 9), _fake_point("loramoe", 2e-4, 1, 9)]}))
+    merged = smollm.merge_results([a, b], out)
+    assert [(p["method"], p["seed"]) for p in merged["points"]] == [("lora", 0), ("loramoe", 1)]
+    assert json.loads(out.read_text()) == merged
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps({**base, "points": [_fake_point("full_ft", 1e-5, 0, 9)]}))
+    assert len(smollm.merge_results([c], out)["points"]) == 3  # out's own points come first and stay
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**base, "base": {**base["base"], "known": [0]}, "points": []}))
+    with pytest.raises(ValueError, match="another recipe or base"):
+        smollm.merge_results([bad], out)
+    with pytest.raises(ValueError, match="paths"):
+        smollm.merge_results([], tmp_path / "none.json")
+
+
 def test_committed_results_are_complete():
     res = smollm.load_results()
     assert res["recipe"] == smollm.RECIPE
