@@ -29,6 +29,7 @@ This module also holds the two data sets of the experiment and the few helpers i
   method, learning rate and seed)::
 
       python -m minimal_loramoe.smollm run --methods full_ft lora loramoe --steps 160 --out data/results/smollm2.json
+      python -m minimal_loramoe.smollm merge a.json b.json   # the files of runs made in parallel, into smollm2.json
 """
 import argparse
 import json
