@@ -510,6 +510,11 @@ def load_results(path=None) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def point_key(point: dict) -> tuple:
+    """What names a point of a results file: ``(method, lr, seed, steps)``; a file holds each key once."""
+    return point["method"], point["lr"], point["seed"], point["steps"]
+
+
 def _write(path: Path, results: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")  # a killed run never leaves a half-written file
     tmp.write_text(json.dumps(results, indent=1))
@@ -535,7 +540,7 @@ def run_experiment(points, steps: int, out, eval_steps=(), recipe: dict = RECIPE
     base model's evaluation (which probe questions it knows): a file written with another recipe is refused.
     """
     out = Path(out)
-    results = json.loads(out.read_text()) if out.is_file() else {}
+    results = load_results(out) if out.is_file() else {}
     if results and results["recipe"] != recipe:
         raise ValueError(f"out: {out} was written with another recipe ({results['recipe']}); use another file")
     base, tok = load_smollm2()
@@ -550,7 +555,7 @@ def run_experiment(points, steps: int, out, eval_steps=(), recipe: dict = RECIPE
         out.parent.mkdir(parents=True, exist_ok=True)
         _write(out, results)
     known = [probe[i] for i in results["base"]["known"]]
-    done = {(p["method"], p["lr"], p["seed"], p["steps"]) for p in results["points"]}
+    done = {point_key(p) for p in results["points"]}
     for method, lr, seed in points:
         if (method, lr, seed, steps) in done:
             continue
@@ -576,15 +581,14 @@ def merge_results(paths, out) -> dict:
         raise ValueError("paths: give at least one results file to merge")
     merged, seen = None, set()
     for path in sources:
-        res = json.loads(path.read_text(encoding="utf-8"))
+        res = load_results(path)
         if merged is None:
             merged = {**res, "points": []}
         elif res["recipe"] != merged["recipe"] or res["base"] != merged["base"]:
             raise ValueError(f"paths: {path} was written with another recipe or base evaluation than {sources[0]}")
         for point in res["points"]:
-            key = (point["method"], point["lr"], point["seed"], point["steps"])
-            if key not in seen:
-                seen.add(key)
+            if point_key(point) not in seen:
+                seen.add(point_key(point))
                 merged["points"].append(point)
     out.parent.mkdir(parents=True, exist_ok=True)
     _write(out, merged)
