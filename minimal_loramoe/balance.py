@@ -33,7 +33,9 @@ import torch
 
 from .loramoe import LoRAMoELinear
 
-LBC_VARIANTS = ("official", "corrected")
+# variant -> (swap the coefficients, divide Q by each sample's real-token count); "swapped" and "mean" are the
+# controls that make one of the two changes of "corrected" each
+LBC_VARIANTS = {"official": (False, False), "swapped": (True, False), "mean": (False, True), "corrected": (True, True)}
 
 
 def _check(gates, task_types, attention_mask):
@@ -85,20 +87,24 @@ def cv_squared(z: torch.Tensor) -> torch.Tensor:
     return z.var() / (z.mean() ** 2 + 1e-10)
 
 
-def balance_matrix(gates, task_types, delta: float = 0.1, attention_mask=None, corrected: bool = False):
+def balance_matrix(gates, task_types, delta: float = 0.1, attention_mask=None, corrected: bool = False,
+                   swap: bool | None = None, per_sample_mean: bool | None = None):
     """Z = Q * C of one LoRAMoE layer, shape (B, E): the matrix whose squared coefficient of variation is the loss.
 
     ``corrected=False`` is the official Z (Eq. 6-7); ``corrected=True`` swaps the coefficients and divides Q by each
-    sample's number of real tokens (see :func:`corrected_localized_balance_loss`).
+    sample's number of real tokens (see :func:`corrected_localized_balance_loss`). ``swap`` and
+    ``per_sample_mean``, when given, set each of those two changes on its own.
     """
     task_types = _check(gates, task_types, attention_mask)
+    swap = corrected if swap is None else swap
+    per_sample_mean = corrected if per_sample_mean is None else per_sample_mean
     Q = importance(gates, attention_mask)  # (B, E)
-    if corrected:
+    if per_sample_mean:
         if attention_mask is not None:
             Q = Q / attention_mask.sum(dim=1, keepdim=True).clamp(min=1).to(Q.dtype)
         else:
             Q = Q / gates.shape[1]
-    C = coefficients(task_types, gates.shape[-1], delta, corrected=corrected)  # (B, E)
+    C = coefficients(task_types, gates.shape[-1], delta, corrected=swap)  # (B, E)
     return Q * C
 
 
@@ -141,18 +147,20 @@ def model_balance_loss(model, task_types, attention_mask=None, delta: float = 0.
     """Sum of the localized balancing loss over every LoRAMoE layer of ``model`` after a forward pass.
 
     The paper adds one such loss per LoRAMoE layer to the cross-entropy: ``loss = ce + model_balance_loss(...)``.
-    ``variant`` is ``"official"`` or ``"corrected"``. Identity experts, if any, are left out (module docstring).
+    ``variant``: a key of ``LBC_VARIANTS`` (``"official"``, ``"corrected"``, or one of the one-change controls). Identity experts, if any, are left out (module docstring).
 
     ``gather``, if given, maps the stacked per-layer Z matrices (L, B, E) of this process's batch to those of the
     whole global batch (L, B_global, E) -- for data-parallel training, where each process holds only a slice of
     the batch and the variance must be taken over all of it (see ``finetune.sft_loop``).
     """
     if variant not in LBC_VARIANTS:
-        raise ValueError(f"variant must be one of {LBC_VARIANTS}, got {variant!r}")
+        raise ValueError(f"variant must be one of {tuple(LBC_VARIANTS)}, got {variant!r}")
+    swap, per_sample_mean = LBC_VARIANTS[variant]
     layers = [m for m in model.modules() if isinstance(m, LoRAMoELinear)]
     if not layers:
         raise ValueError("model has no LoRAMoELinear layers: call add_loramoe(model) first")
-    zs = [balance_matrix(lora_gates(layer), task_types, delta, attention_mask, corrected=variant == "corrected")
+    zs = [balance_matrix(lora_gates(layer), task_types, delta, attention_mask, swap=swap,
+                         per_sample_mean=per_sample_mean)
           for layer in layers]
     if gather is not None:
         zs = gather(torch.stack(zs))  # one collective for all layers, not one per layer

@@ -9,6 +9,8 @@ Methods (the keys used everywhere in the book and in ``reproduce``):
     loramoe_official_lbc     LoRAMoE + the localized balancing loss exactly as the official code computes it
     loramoe                  LoRAMoE + the corrected localized balancing loss (the variant this book recommends)
     loramoe_uniform_router   LoRAMoE with its router frozen at zero, i.e. every gate exactly 1/E (a control)
+    loramoe_swapped_lbc      the corrected loss's first change alone: coefficients swapped, Q summed (a control)
+    loramoe_mean_lbc         its second change alone: official coefficients, Q a per-sample mean (a control)
 
 Beyond the paper, SLIM (Han et al., 2025, arXiv 2410.07739) and its parts, all with the same E experts of rank r
 as ``loramoe`` (so the same adapter parameters; only the router grows by the identity experts' rows):
@@ -55,7 +57,8 @@ from .loramoe import check_slim_args
 from .slim import dare_masked, l1_penalty
 from .utils import get_device, set_seed
 
-LBC_OF_METHOD = {"loramoe_official_lbc": "official", "loramoe": "corrected"}
+LBC_OF_METHOD = {"loramoe_official_lbc": "official", "loramoe": "corrected", "loramoe_swapped_lbc": "swapped",
+                 "loramoe_mean_lbc": "mean"}
 SCHEDULES = ("constant", "cosine")
 COLUMNS = ("prompt", "answer", "type")
 # SLIM's settings per method, not tuned: the paper's K = 2 and 2 identity experts; 8 clusters per layer; masking
@@ -72,7 +75,7 @@ METHOD_SETTINGS = {
 }
 SLIM_METHODS = tuple(METHOD_SETTINGS)
 METHODS = ("full_ft", "lora", "gated_lora", "loramoe_no_lbc", "loramoe_official_lbc", "loramoe",
-           "loramoe_uniform_router") + SLIM_METHODS
+           "loramoe_uniform_router", "loramoe_swapped_lbc", "loramoe_mean_lbc") + SLIM_METHODS
 # what a field left at None means for methods without an entry in METHOD_SETTINGS: plain LoRAMoE, no penalty
 _DEFAULTS = {**SLIM_DEFAULTS, "l1_weight": 0.0, "mask_rate": 0.0}
 

@@ -40,6 +40,8 @@ GRIDS = {
     "loramoe": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
     "loramoe_no_lbc": (5e-4, 1e-3, 2e-3),
     "loramoe_official_lbc": (5e-4, 1e-3, 2e-3),
+    "loramoe_swapped_lbc": (5e-4, 1e-3, 2e-3),
+    "loramoe_mean_lbc": (5e-4, 1e-3, 2e-3),
     "loramoe_uniform_router": (5e-4, 1e-3, 2e-3, 5e-3),
     # SLIM and its parts (beyond the paper): the same bracket as loramoe, the same E and r
     "mixlora_top2": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),

@@ -59,8 +59,10 @@ KNOWLEDGE_FRACTION = 0.2  # share of world-knowledge questions (type 1) in every
 # full fine-tuning learns the tasks just as well) it forgets far more than at its own tuned, smaller rate.
 EXTRA_RUNS = {"full_ft_at_loramoe_lr": ("full_ft", "loramoe")}
 RUN_LABELS = METHODS + tuple(EXTRA_RUNS)
-# SLIM's methods have no tuned learning rate: they are compared on the fronts (python -m minimal_loramoe.fronts)
-DEFAULT_RUNS = tuple(m for m in RUN_LABELS if m not in SLIM_METHODS)
+# SLIM's methods and the two one-change LBC controls have no tuned learning rate: they are compared on the fronts
+# (python -m minimal_loramoe.fronts)
+FRONTS_ONLY = SLIM_METHODS + ("loramoe_swapped_lbc", "loramoe_mean_lbc")
+DEFAULT_RUNS = tuple(m for m in RUN_LABELS if m not in FRONTS_ONLY)
 
 
 def tuned_learning_rates(path=TUNED_LR_FILE) -> dict:
@@ -111,8 +113,10 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "tiny_lla
 
 
 def one_run(method, seed, lr, sizes, n_per_task=100, checkpoint=None, device=None, progress=False, threads=None,
-            config_overrides=None, mix="easy"):
-    """Fine-tune one (method, seed) and return its evaluations ``{size: metrics}`` (runs in a worker process too)."""
+            config_overrides=None, mix="easy", adapter_path=None):
+    """Fine-tune one (method, seed) and return its evaluations ``{size: metrics}`` (runs in a worker process too).
+
+    ``adapter_path``: also write the trained adapters there (``inject.save_loramoe``; not for full fine-tuning)."""
     if threads:
         torch.set_num_threads(threads)
     base, tokenizer, world = load_pretrained(checkpoint or DEFAULT_CHECKPOINT, device=device)
@@ -129,6 +133,9 @@ def one_run(method, seed, lr, sizes, n_per_task=100, checkpoint=None, device=Non
         with dare_masked(model, cfg.mask_rate, cfg.seed):  # the model the evaluations saw (p = 0: no mask)
             final["router_group_weight"] = group_weight(model, tokenizer, routing_set(world, n_per_task))
     final["seconds"] = round(time.time() - t0, 1)
+    if adapter_path is not None:
+        from .inject import save_loramoe
+        save_loramoe(model, adapter_path)
     return evals
 
 
@@ -147,13 +154,36 @@ def load_run(mix, method, lr, seed, sizes, root=RUNS_DIR, n_per_task=100):
     return run
 
 
-def run_point(mix, method, lr, seed, sizes, threads=1, root=RUNS_DIR, n_per_task=100) -> dict:
-    """Fine-tune one grid point (or return it from the store) and store it. Runs in a worker process too."""
+def adapter_path(mix: str, method: str, lr: float, seed: int, root=RUNS_DIR) -> Path:
+    """Where the run store keeps a run's trained adapters: ``<mix>/<method>/adapters/lr<lr>-seed<seed>.safetensors``
+    (beside it, ``.json``: the evaluations of the run that wrote them and whether they repeat the stored run)."""
+    path = run_path(mix, method, lr, seed, root)
+    return path.parent / "adapters" / (path.stem + ".safetensors")
+
+
+def run_point(mix, method, lr, seed, sizes, threads=1, root=RUNS_DIR, n_per_task=100, keep_adapter=False) -> dict:
+    """Fine-tune one grid point (or return it from the store) and store it. Runs in a worker process too.
+
+    ``keep_adapter``: also keep the trained adapters (``adapter_path``). A stored run without them is run again
+    for them; whether that run repeated the stored evaluations exactly is written beside the adapters."""
     run = load_run(mix, method, lr, seed, sizes, root, n_per_task)
-    if run is not None:
+    keep = adapter_path(mix, method, lr, seed, root) if keep_adapter else None
+    if run is not None and (keep is None or keep.is_file()):
         return run
     t0 = time.time()
-    evals = one_run(method, seed, lr, sorted(sizes), n_per_task, threads=threads, mix=mix)
+    tmp = None if keep is None else keep.with_name(keep.stem + ".tmp.safetensors")
+    if tmp is not None:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+    evals = one_run(method, seed, lr, sorted(sizes), n_per_task, threads=threads, mix=mix, adapter_path=tmp)
+    if keep is not None:
+        fresh = json.loads(json.dumps({str(n): v for n, v in evals.items()}))
+        drop = lambda ev: {n: {k: v for k, v in e.items() if k != "seconds"} for n, e in ev.items()}  # noqa: E731
+        record = {"mix": mix, "method": method, "lr": lr, "seed": seed, "torch": torch.__version__,
+                  "repeats_stored_run": None if run is None else drop(fresh) == drop(run["evals"]), "evals": fresh}
+        keep.with_suffix(".json").write_text(json.dumps(record, indent=1))
+        tmp.replace(keep)
+        if run is not None:
+            return run
     run = {"mix": mix, "method": method, "lr": lr, "seed": seed, "sft_sizes": sorted(sizes),
            "n_per_task": n_per_task, "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
            "evals": {str(n): v for n, v in evals.items()}}

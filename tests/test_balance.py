@@ -3,7 +3,7 @@ import torch
 
 from minimal_loramoe import (add_loramoe, corrected_localized_balance_loss, localized_balance_loss,
                              model_balance_loss)
-from minimal_loramoe.balance import coefficients
+from minimal_loramoe.balance import LBC_VARIANTS, balance_matrix, coefficients, cv_squared
 
 # Two samples, two tokens, two experts. Sample 0 is a knowledge sample (type 1), sample 1 a task sample (type 0).
 GATES = torch.tensor([[[0.6, 0.4], [0.8, 0.2]],
@@ -87,3 +87,28 @@ def test_model_balance_loss_sums_every_layer(tiny_llama):
 def test_model_balance_loss_needs_loramoe(tiny_llama):
     with pytest.raises(ValueError, match="add_loramoe"):
         model_balance_loss(tiny_llama, TYPES)
+
+
+def test_each_change_of_the_corrected_loss_alone():
+    # "swapped": the corrected coefficients, Q summed over tokens (official); "mean": official coefficients, Q a
+    # per-sample mean. Their optima: swapping alone turns the optimum around, averaging alone does not.
+    def variant(name):
+        def loss(gates, types, delta=0.1):
+            swap, mean = LBC_VARIANTS[name]
+            return 0.1 * cv_squared(balance_matrix(gates, types, delta, swap=swap, per_sample_mean=mean))
+        return loss
+    assert optimum(variant("swapped")) == pytest.approx(0.55, abs=2e-3)
+    assert optimum(variant("mean")) == pytest.approx(0.45, abs=2e-3)
+    # sample 0 three times as long, same routing (sample 1 padded): "mean" unchanged, "swapped" changed
+    long = torch.cat([GATES[:1].repeat_interleave(3, dim=1),
+                      torch.cat([GATES[1:], torch.full((1, 4, 2), 0.5)], dim=1)])
+    mask = torch.tensor([[1] * 6, [1, 1, 0, 0, 0, 0]])
+
+    def masked(name, gates, m=None):
+        swap, mean = LBC_VARIANTS[name]
+        return cv_squared(balance_matrix(gates, TYPES, 0.1, m, swap=swap, per_sample_mean=mean))
+    torch.testing.assert_close(masked("mean", long, mask), masked("mean", GATES))
+    assert not torch.allclose(masked("swapped", long, mask), masked("swapped", GATES))
+    # both flags on is the corrected loss, both off the official one
+    torch.testing.assert_close(variant("corrected")(GATES, TYPES), corrected_localized_balance_loss(GATES, TYPES))
+    torch.testing.assert_close(variant("official")(GATES, TYPES), localized_balance_loss(GATES, TYPES))

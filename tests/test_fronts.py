@@ -84,3 +84,21 @@ def test_reproduce_only_stored_summarises_what_the_store_holds(store):
     assert len(res["per_seed"]["lora"]["new_content"]) == 2 and len(res["per_seed"]["full_ft"]["knowledge"]) == 1
     with pytest.raises(ValueError, match="only_stored needs a store"):
         reproduce.run_experiment(SIZES, [0], ["lora"], lrs, only_stored=True)
+
+
+def test_kept_adapters_load_and_a_rerun_for_them_repeats_the_stored_run(store):
+    from safetensors.torch import load_file
+    # the stored run has no adapters: keep_adapter runs it again, and the seeded run repeats exactly
+    run = reproduce.run_point("cipher", "lora", 1e-3, 0, SIZES, root=store, keep_adapter=True)
+    path = reproduce.adapter_path("cipher", "lora", 1e-3, 0, store)
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["repeats_stored_run"] is True and record["evals"]["128"]["knowledge"] == run["evals"]["128"]["knowledge"]
+    tensors = load_file(path)
+    assert tensors and all(".base." not in k for k in tensors)  # adapters only, never the frozen layer
+    assert not list(path.parent.glob("*.tmp*"))
+    # a new run keeps its adapters at once; the store's run JSONs are the only *.json files collect reads
+    reproduce.run_point("cipher", "gated_lora", 1e-3, 0, SIZES, root=store, keep_adapter=True)
+    assert reproduce.adapter_path("cipher", "gated_lora", 1e-3, 0, store).is_file()
+    assert json.loads(reproduce.adapter_path("cipher", "gated_lora", 1e-3, 0, store).with_suffix(".json")
+                      .read_text())["repeats_stored_run"] is None
+    assert set(fronts.collect("cipher", root=store, sizes=SIZES)["tradeoff"]["lora"]) == {"0.001"}
