@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .finetune import METHODS
-from .reproduce import RESULTS_DIR, RUNS_DIR, SCALES, load_run, plot_curves, run_point
+from .reproduce import RESULTS_DIR, RUNS_DIR, SCALES, adapter_path, load_run, plot_curves, run_point
 from .world import MIXES
 
 SFT_SIZES = tuple(SCALES["full"]["sft_sizes"])  # evaluated along one pass (constant lr after warm-up)
@@ -52,9 +52,14 @@ GRIDS = {
 }
 
 
-def run_grid(points, workers: int = 2, sizes=SFT_SIZES, root=RUNS_DIR, progress=True):
-    """Run every ``(mix, method, lr, seed)`` not yet stored, ``workers`` processes side by side (1 thread each)."""
-    todo = [p for p in points if load_run(*p, sizes=sizes, root=root) is None]
+def run_grid(points, workers: int = 2, sizes=SFT_SIZES, root=RUNS_DIR, progress=True, keep_adapters=False):
+    """Run every ``(mix, method, lr, seed)`` not yet stored, ``workers`` processes side by side (1 thread each).
+
+    ``keep_adapters``: also keep each adapter run's trained adapters (``reproduce.adapter_path``); a stored run
+    without them is run again for them."""
+    keep = lambda p: keep_adapters and p[1] != "full_ft"  # noqa: E731  (full fine-tuning has no adapters)
+    todo = [p for p in points if load_run(*p, sizes=sizes, root=root) is None
+            or (keep(p) and not adapter_path(*p, root=root).is_file())]
     if not todo:
         return
     bar = tqdm(total=len(todo), desc="grid runs", disable=not progress)
@@ -68,12 +73,12 @@ def run_grid(points, workers: int = 2, sizes=SFT_SIZES, root=RUNS_DIR, progress=
 
     if workers == 1:
         for p in todo:
-            report(p, run_point(*p, sizes=sizes, root=root))
+            report(p, run_point(*p, sizes=sizes, root=root, keep_adapter=keep(p)))
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(run_point, *p, sizes, 1, root): p for p in todo}
+            futures = {pool.submit(run_point, *p, sizes, 1, root, keep_adapter=keep(p)): p for p in todo}
             for fut in as_completed(futures):
                 report(futures[fut], fut.result())
     bar.close()
@@ -182,13 +187,15 @@ def main(argv=None):
     r.add_argument("--lrs", nargs="+", type=float, help="learning rates (default: each method's grid in GRIDS)")
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--keep-adapters", action="store_true",
+                   help="keep each run's trained adapters beside it (for python -m minimal_loramoe.mechanism)")
     c = sub.add_parser("collect", help="average the stored runs into data/results/fronts_<mix>.json")
     c.add_argument("--mix", nargs="+", choices=MIXES, default=list(MIXES))
     c.add_argument("--figure", help="also draw the summary figure (needs data/results/reproduce_cpu.json)")
     args = p.parse_args(argv)
     if args.command == "run":
         points = [(args.mix, m, lr, s) for s in args.seeds for m in args.methods for lr in (args.lrs or GRIDS[m])]
-        run_grid(points, args.workers)
+        run_grid(points, args.workers, keep_adapters=args.keep_adapters)
     else:
         for mix in args.mix:
             out = collect(mix)

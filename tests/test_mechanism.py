@@ -1,19 +1,19 @@
 """Mechanism measurements on adapters kept in a tiny run store (64 SFT examples)."""
 import pytest
 
-from minimal_loramoe import fronts, mechanism, reproduce
+from minimal_loramoe import fronts, mechanism
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    for method in mechanism.MEASURED:
-        reproduce.run_point("cipher", method, 1e-3, 0, (64,), root=root, n_per_task=5, keep_adapter=True)
+    points = [("cipher", m, 1e-3, 0) for m in mechanism.MEASURED]
+    fronts.run_grid(points, workers=1, sizes=(64,), root=root, progress=False, keep_adapters=True)
     return root
 
 
 def test_measure_reads_kept_adapters(store):
-    res = mechanism.measure("cipher", 1e-3, [0], root=store, n_per_task=5)
+    res = mechanism.measure("cipher", 1e-3, [0], root=store)
     assert set(res["points"]) == set(mechanism.MEASURED)
     kinds = {"knowledge", "knowledge_instruction", "tasks", "new_content"}
     for method, seeds in res["points"].items():
