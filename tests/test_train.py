@@ -61,7 +61,7 @@ def test_one_process_run_writes_adapters_settings_and_history(one_process_run):
     # only adapter tensors in the file: experts and routers of the 3 FFN linears of both layers
     names = load_file(out / "adapter.safetensors").keys()
     assert len(names) == 2 * 3 * 3 and all(n.rsplit(".", 1)[-1] in ("lora_A", "lora_B", "weight") for n in names)
-    assert all(".mlp." in n and ".base." not in n for n in names)
+    assert all(".mlp." in n and ".base_layer." not in n for n in names)
 
 
 def test_trained_adapters_load_and_generate(one_process_run, sft_file):
