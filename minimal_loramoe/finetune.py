@@ -355,8 +355,8 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
             ``save_every`` steps and when ``should_stop()`` turns true; deleted once ``save_to`` is written.
         resume: continue from ``checkpoint`` (which must exist and come from a run with the same config, number of
             processes and ``checkpoint_extra``): the result is the one the run would have had without stopping.
-        should_stop: called after every step; when it returns True the loop writes ``checkpoint`` (if given) and
-            raises :class:`TrainingStopped`. A loss that is not finite also raises it, before the update, naming
+        should_stop: ``should_stop(steps_done)`` is called after every step but the last; when it returns True the
+            loop writes ``checkpoint`` (if given) and raises :class:`TrainingStopped`. A loss that is not finite also raises it, before the update, naming
             the step; the last checkpoint written is kept.
     Returns:
         history = {"config", "loss", "lbc", "l1", "evals"}: the answer-only cross-entropy and the balancing loss
@@ -453,7 +453,7 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
             ckpt.save_checkpoint(checkpoint, model, opt, done, history, config, states, extra)
         last_saved = done
 
-    def where(done: int) -> str:
+    def where() -> str:
         return (f"; the last checkpoint ({checkpoint}, after step {last_saved}) is kept" if last_saved is not None
                 else "; no checkpoint was written")
 
@@ -484,7 +484,7 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
             raise TrainingStopped(f"step {step + 1} of {len(batches)}: the loss is not finite (cross-entropy "
                                   f"{ce.item():.4g}" + (f", balancing loss {aux.item():.4g}" if aux is not None else "")
                                   + (f", L1 penalty {l1.item():.4g}" if l1 is not None else "")
-                                  + f"); stopped before the update{where(step)}", step, checkpoint if last_saved
+                                  + f"); stopped before the update{where()}", step, checkpoint if last_saved
                                   is not None else None, nonfinite=True)
         if aux is not None:
             history["lbc"].append(aux.item())
@@ -510,14 +510,14 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
             checkpoints.pop(0)
         done = step + 1
         if should_stop is not None and done < len(batches):
-            stop = torch.tensor(float(bool(should_stop())), device=device)
+            stop = torch.tensor(float(bool(should_stop(done))), device=device)
             if procs > 1:  # a signal may reach one process a step before another: stop where any of them asks
                 stop = accelerator.reduce(stop, reduction="sum")
             if stop.item() > 0:
                 if checkpoint is not None and not sharded:
                     write_checkpoint(done)
                 raise TrainingStopped(f"stopped after step {done} of {len(batches)}" + (
-                    f"; checkpoint written to {checkpoint}" if last_saved == done else where(done)), done,
+                    f"; checkpoint written to {checkpoint}" if last_saved == done else where()), done,
                     checkpoint if last_saved is not None else None)
         if save_every and done % save_every == 0 and done < len(batches):
             write_checkpoint(done)

@@ -52,15 +52,17 @@ def free_port() -> int:
 
 def test_one_process_run_writes_adapters_settings_and_history(one_process_run):
     out, result = one_process_run
-    assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "history.json", "settings.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                     "history.json", "settings.json"]
     settings = json.loads((out / "settings.json").read_text())
     assert settings["config"]["method"] == "loramoe" and settings["config"]["steps"] == 6
     assert settings["num_processes"] == 1 and settings["global_batch_size"] == 8
     history = json.loads((out / "history.json").read_text())
     assert len(history["loss"]) == len(history["lbc"]) == 6
-    # only adapter tensors in the file: experts and routers of the 3 FFN linears of both layers
-    names = load_file(out / "adapter.safetensors").keys()
-    assert len(names) == 2 * 3 * 3 and all(n.rsplit(".", 1)[-1] in ("lora_A", "lora_B", "weight") for n in names)
+    # only adapter tensors in the file, under PEFT's names: experts and routers of the 3 FFN linears of both layers
+    names = load_file(out / "adapter_model.safetensors").keys()
+    assert len(names) == 2 * 3 * 3 and all(n.startswith("base_model.model.model.layers.") for n in names)
+    assert all(n.endswith((".lora_A.weight", ".lora_B.weight", ".router.weight")) for n in names)
     assert all(".mlp." in n and ".base_layer." not in n for n in names)
 
 
@@ -131,11 +133,11 @@ def launch_two_processes(sft_file, out, extra=()):
 
 def assert_same_training(one, two) -> dict:
     """The adapters and losses of two runs agree up to float32 rounding; returns the first run's history."""
-    a, b = load_file(one / "adapter.safetensors"), load_file(two / "adapter.safetensors")
+    a, b = load_file(one / "adapter_model.safetensors"), load_file(two / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
-    moved = max(a[n].abs().max().item() for n in a if n.endswith("lora_B"))
+    moved = max(a[n].abs().max().item() for n in a if n.endswith("lora_B.weight"))
     assert moved > 100 * 1e-5  # the tolerance is small against what training changes
     h1, h2 = (json.loads((d / "history.json").read_text()) for d in (one, two))
     torch.testing.assert_close(torch.tensor(h2["loss"]), torch.tensor(h1["loss"]), rtol=1e-5, atol=0)
@@ -154,7 +156,7 @@ def test_slim_on_the_command_line(sft_file, tmp_path):
     assert config["l1_weight"] == 10.0 and config["mask_rate"] == 0.5
     history = json.loads((out / "history.json").read_text())
     assert len(history["loss"]) == len(history["l1"]) == 2 and history["lbc"] == []
-    saved = load_file(out / "adapter.safetensors")
+    saved = load_file(out / "adapter_model.safetensors")
     assert sum(n.endswith("clusters.centres") for n in saved) == 6
     model, _ = train.load_trained(out)
     layer = next(iter(adapter_layers(model).values()))
@@ -168,7 +170,7 @@ def test_full_finetuning_saves_a_model_folder(sft_file, tmp_path):
     train.main(["--model", str(DEFAULT_CHECKPOINT), "--data", str(sft_file), "--out", str(out), "--method",
                 "full_ft", "--steps", "2", "--batch-size", "8", "--lr", "1e-4", "--cpu", "--no-progress"])
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
-    assert not (out / "adapter.safetensors").exists()
+    assert not (out / "adapter_model.safetensors").exists()
     tuned = AutoModelForCausalLM.from_pretrained(out)
     base, _, _ = load_pretrained()
     w0, w1 = base.model.layers[0].mlp.up_proj.weight, tuned.model.layers[0].mlp.up_proj.weight
@@ -231,7 +233,7 @@ def test_odd_expert_count_is_fine_without_the_constraint(sft_file, tmp_path):
     train.main(["--model", str(DEFAULT_CHECKPOINT), "--data", str(sft_file), "--out", str(tmp_path / "o"),
                 "--method", "loramoe_no_lbc", "--num-experts", "3", "--steps", "1", "--batch-size", "4", "--cpu",
                 "--no-progress"])
-    assert (tmp_path / "o" / "adapter.safetensors").is_file()
+    assert (tmp_path / "o" / "adapter_model.safetensors").is_file()
 
 
 def test_missing_model_and_data_are_refused(tmp_path):
