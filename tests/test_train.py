@@ -1,9 +1,9 @@
 """The training command ``python -m minimal_loramoe.train``: one process, two processes (DDP on CPU, gloo), and the
 bad input it refuses.
 
-The two-process test starts ``accelerate launch`` with two processes on the CPU (about 30-40 s on a busy 2-core
-machine, most of it starting Python twice) and checks that it trains exactly like one process with the same global
-batch.
+The two-process tests (marked slow) start ``accelerate launch`` with two processes on the CPU (about 30-40 s each on
+a busy 2-core machine, most of it starting Python twice) and check that it trains exactly like one process with the
+same global batch, and that a stopped and resumed two-process run ends exactly where the uninterrupted one does.
 """
 import json
 import os
@@ -83,7 +83,14 @@ def test_trained_adapters_load_and_generate(one_process_run, sft_file):
     assert generated.shape == (1, prompt["input_ids"].shape[1] + 3)
 
 
-def test_two_processes_train_exactly_like_one(one_process_run, sft_file, tmp_path):
+@pytest.fixture(scope="module")
+def two_process_run(sft_file, tmp_path_factory):
+    """The run of :func:`one_process_run` on 2 CPU processes (DDP, gloo), 4 samples each."""
+    return launch_two_processes(sft_file, tmp_path_factory.mktemp("two") / "two")
+
+
+@pytest.mark.slow
+def test_two_processes_train_exactly_like_one(one_process_run, two_process_run):
     """DDP on 2 CPU processes (gloo), 4 samples each, against 1 process with 8: the same model up to rounding.
 
     Why the tolerance 1e-5: both runs see the same global batches and minimise the same loss (the cross-entropy
@@ -94,12 +101,29 @@ def test_two_processes_train_exactly_like_one(one_process_run, sft_file, tmp_pat
     moves lora_B (zero at the start) by ~3e-3.
     """
     one, _ = one_process_run
-    two = launch_two_processes(sft_file, tmp_path / "two")
-    model, _ = train.load_trained(two)  # loads with add_loramoe + load_loramoe
+    two = two_process_run
+    model, _ = train.load_trained(two)  # loads the adapter folder
     assert len(adapter_layers(model)) == 6
     assert_same_training(one, two)
 
 
+@pytest.mark.slow
+def test_two_processes_stop_and_resume_exactly_like_the_uninterrupted_run(two_process_run, sft_file, tmp_path):
+    """Two processes stopped after step 3 of 6 (as on Ctrl-C: a checkpoint, nothing else), then --resume: the same
+    adapters, bit for bit, and the same losses as the two processes that ran the 6 steps in one go."""
+    out = tmp_path / "resumed"
+    stopped = run_two_processes(sft_file, out, ["--stop-after", "3"])
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert "stopped after step 3 of 6; checkpoint written" in stopped.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors"]
+    launch_two_processes(sft_file, out, ["--resume"])
+    a, b = load_file(two_process_run / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    h1, h2 = (json.loads((d / "history.json").read_text()) for d in (two_process_run, out))
+    assert h1 == h2
+
+
+@pytest.mark.slow
 def test_two_processes_train_slim_parts_exactly_like_one(sft_file, tmp_path):
     """The same check with SLIM's parts that have to agree too: top-2 routing, two identity experts (the balancing
     loss then renormalises the LoRA experts' gates before the gather) and the L1 penalty, which every process adds
@@ -115,6 +139,15 @@ def test_two_processes_train_slim_parts_exactly_like_one(sft_file, tmp_path):
 
 def launch_two_processes(sft_file, out, extra=()):
     """``python -m minimal_loramoe.train`` on 2 CPU processes (DDP, gloo), 4 samples each; returns ``out``."""
+    done = run_two_processes(sft_file, out, extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["num_processes"] == 2 and settings["global_batch_size"] == 8
+    assert "MULTI_CPU" in settings["distributed_type"]
+    return out
+
+
+def run_two_processes(sft_file, out, extra=()) -> subprocess.CompletedProcess:
     # accelerate's own --cpu flag starts ONE process unless mpirun is set up; --multi_gpu starts the processes
     # with torchrun, and train's --cpu makes them a CPU process group (gloo).
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -123,12 +156,7 @@ def launch_two_processes(sft_file, out, extra=()):
            *COMMON, *extra, "--data", str(sft_file), "--out", str(out), "--batch-size", "4"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    settings = json.loads((out / "settings.json").read_text())
-    assert settings["num_processes"] == 2 and settings["global_batch_size"] == 8
-    assert "MULTI_CPU" in settings["distributed_type"]
-    return out
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def assert_same_training(one, two) -> dict:
