@@ -8,17 +8,23 @@ PEFT's file name) and read back by the loaders. For ``peft_type="LORA"`` the fil
 (``PeftModel.from_pretrained`` loads the folder); the other types carry our fields and a ``peft_type`` PEFT does
 not know.
 
-Our names, PEFT's and the official LoRAMoE code's (github.com/Ablustrund/LoRAMoE, ``peft/tuners/lora.py``):
+Our names, PEFT's and the official LoRAMoE code's (github.com/Ablustrund/LoRAMoE: its ``LoraConfig`` in
+``peft/tuners/lora.py``, the flags of ``run_loramoe.sh``):
 
-    AdapterConfig          PEFT LoraConfig        official LoRAMoE
-    r                      r                      lora_r (rank of each expert)
-    lora_alpha             lora_alpha             lora_alpha
-    lora_dropout           lora_dropout           lora_dropout
-    target_modules         target_modules         lora_target_modules
-    num_experts            --                     lora_nums
-    top_k, num_identity_experts, num_clusters, yield_scale   (SLIM; neither)
-    fan_in_fan_out         fan_in_fan_out         fan_in_fan_out
-    base_model_name_or_path  base_model_name_or_path  --
+    AdapterConfig / layer     PEFT                       official LoRAMoE
+    peft_type                 peft_type ("LORA")         --
+    r                         r                          r (--lora_rank), per expert
+    lora_alpha                lora_alpha                 lora_alpha
+    lora_dropout              lora_dropout               lora_dropout
+    target_modules            target_modules             target_modules (--trainable)
+    num_experts               --                         lora_nums (layer: lora_num)
+    fan_in_fan_out            fan_in_fan_out             fan_in_fan_out
+    base_model_name_or_path   base_model_name_or_path    --
+    layer.base_layer          layer.base_layer           the layer itself (an nn.Linear subclass: .weight)
+    layer.lora_A (E, r, d_in) lora_A["default"].weight   lora_A0 ... lora_A{E-1} (nn.Linear each)
+    layer.router              --                         lora_route
+    FinetuneConfig.lbc_delta  --                         blc_alpha
+    FinetuneConfig.lbc_beta   --                         blc_weight
 """
 import json
 import math
