@@ -491,6 +491,26 @@ def test_dropout_does_not_block_a_load(make_model, sft_file, tmp_path, tiny_llam
     load_loramoe(add_loramoe(copy.deepcopy(tiny_llama), num_experts=2, rank=2, dropout=0.0), tmp_path / "a.safetensors")
 
 
+def test_files_of_earlier_versions_still_load(tiny_llama, tmp_path):
+    """A save_loramoe file with the settings as they were stored before AdapterConfig (adapter, rank, alpha,
+    dropout) loads; SLIM's buffers round-trip through an adapter folder."""
+    import copy
+    model = add_loramoe(copy.deepcopy(tiny_llama), num_experts=2, rank=2, num_identity_experts=2, num_clusters=3)
+    model.train()(torch.randint(0, 64, (2, 9)))  # one sliding step: the clusters move
+    path = tmp_path / "old.safetensors"
+    save_loramoe(model, path)
+    old = {"adapter": "loramoe", "target_modules": ["gate_proj", "up_proj", "down_proj"], "num_experts": 2,
+           "rank": 2, "alpha": 32, "dropout": 0.05, "num_identity_experts": 2, "num_clusters": 3}
+    save_file(load_file(path), path, metadata={"minimal_loramoe": json.dumps(old)})
+    other = add_loramoe(copy.deepcopy(tiny_llama), num_experts=2, rank=2, num_identity_experts=2, num_clusters=3)
+    load_loramoe(other, path)
+    save_adapter(model, tmp_path / "folder")
+    again = load_adapter(tmp_path / "folder", copy.deepcopy(tiny_llama))
+    for a, b in ((model, other), (model, again)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 # ------------------------------------------------------------------------------ 6. PEFT's layout
 
 
