@@ -4,18 +4,21 @@ The pieces, one module each:
     lora.py     LoRALinear            one LoRA expert around a frozen linear
     loramoe.py  LoRAMoELinear         E LoRA experts + a router, computed as one fused matmul
     balance.py  localized_balance_loss   the localized balancing constraint (official and corrected)
-    inject.py   add_loramoe, save_loramoe, load_loramoe   plug the layers into a Hugging Face model
+    config.py   AdapterConfig         every adapter setting and its default, saved with the weights
+    inject.py   add_loramoe, save_adapter, load_adapter   plug the layers into a Hugging Face model, save, load
     slim.py     SlidingClusters, dare_masked, l1_penalty, merge_loramoe   SLIM's additions (arXiv 2410.07739)
 """
 from .balance import corrected_localized_balance_loss, localized_balance_loss, model_balance_loss
-from .inject import (FFN_MODULES, add_gated_lora, add_lora, add_loramoe, adapter_layers, count_parameters,
-                     load_loramoe, save_loramoe)
+from .config import FFN_MODULES, TARGET_MODULES, AdapterConfig
+from .inject import (add_adapters, add_gated_lora, add_lora, add_loramoe, adapter_layers, count_parameters,
+                     load_adapter, load_loramoe, save_adapter, save_loramoe)
 from .lora import GatedLoRALinear, LoRALinear
 from .loramoe import LoRAMoELinear
 from .slim import SlidingClusters, dare_masked, l1_penalty, merge_loramoe
 
 __all__ = ["LoRALinear", "GatedLoRALinear", "LoRAMoELinear", "localized_balance_loss",
            "corrected_localized_balance_loss", "model_balance_loss", "add_loramoe", "add_lora", "add_gated_lora",
-           "adapter_layers", "count_parameters", "save_loramoe", "load_loramoe", "FFN_MODULES",
+           "adapter_layers", "count_parameters", "save_loramoe", "load_loramoe", "FFN_MODULES", "TARGET_MODULES",
+           "AdapterConfig", "add_adapters", "save_adapter", "load_adapter",
            "SlidingClusters", "dare_masked", "l1_penalty", "merge_loramoe"]
 __version__ = "0.1.0"

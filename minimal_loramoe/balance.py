@@ -142,6 +142,11 @@ def lora_gates(layer: LoRAMoELinear) -> torch.Tensor:
     return g / g.sum(-1, keepdim=True).clamp(min=1e-12)
 
 
+def _per_sample(gates: torch.Tensor, batch: int) -> torch.Tensor:
+    """(B*T, E) -> (B, T, E) for architectures that flatten the tokens before the feed-forward block (OPT)."""
+    return gates.unflatten(0, (batch, -1)) if gates.dim() == 2 else gates
+
+
 def model_balance_loss(model, task_types, attention_mask=None, delta: float = 0.1, beta: float = 0.1,
                        variant: str = "official", gather=None) -> torch.Tensor:
     """Sum of the localized balancing loss over every LoRAMoE layer of ``model`` after a forward pass.
@@ -159,9 +164,9 @@ def model_balance_loss(model, task_types, attention_mask=None, delta: float = 0.
     layers = [m for m in model.modules() if isinstance(m, LoRAMoELinear)]
     if not layers:
         raise ValueError("model has no LoRAMoELinear layers: call add_loramoe(model) first")
-    zs = [balance_matrix(lora_gates(layer), task_types, delta, attention_mask, swap=swap,
-                         per_sample_mean=per_sample_mean)
-          for layer in layers]
+    batch = len(task_types)
+    zs = [balance_matrix(_per_sample(lora_gates(layer), batch), task_types, delta, attention_mask, swap=swap,
+                         per_sample_mean=per_sample_mean) for layer in layers]
     if gather is not None:
         zs = gather(torch.stack(zs))  # one collective for all layers, not one per layer
     total = None

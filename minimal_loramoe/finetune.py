@@ -41,7 +41,7 @@ import copy
 import math
 import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -51,9 +51,9 @@ from tqdm import tqdm  # text bars: widget bars cannot render in the static book
 
 from .balance import model_balance_loss
 from .evaluate import IGNORE_INDEX, answer_loss, encode_examples
-from .inject import (ADAPTER_FILE, SLIM_DEFAULTS, adapter_layers, adapter_state_dict, add_gated_lora, add_lora,
-                     add_loramoe, save_loramoe)
-from .loramoe import check_slim_args
+from . import checkpoint as ckpt
+from .config import AdapterConfig
+from .inject import SLIM_DEFAULTS, adapter_layers, adapter_state_dict, add_adapters, save_adapter
 from .slim import dare_masked, l1_penalty
 from .utils import get_device, set_seed
 
@@ -80,6 +80,23 @@ METHODS = ("full_ft", "lora", "gated_lora", "loramoe_no_lbc", "loramoe_official_
 _DEFAULTS = {**SLIM_DEFAULTS, "l1_weight": 0.0, "mask_rate": 0.0}
 
 
+_A = AdapterConfig()  # the adapter defaults live there
+PEFT_TYPE_OF_METHOD = {"lora": "LORA", "gated_lora": "GATED_LORA"}  # every other adapter method: "LORAMOE"
+
+
+def _number(name, value, low=None, high=None, low_open=False, high_open=True):
+    """Raise a ValueError unless ``value`` is a finite real number in the given range."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (low is None or (value > low if low_open else value >= low))
+    ok = ok and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        if high is not None:
+            rng = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        else:
+            rng = f"{'>' if low_open else '>='} {low:g} and finite"
+        raise ValueError(f"{name} must be {rng}, got {value!r}")
+
+
 @dataclass
 class FinetuneConfig:
     """Settings of one fine-tuning run. ``rank`` is per expert; LoRA and gated LoRA get rank ``num_experts*rank``.
@@ -88,29 +105,40 @@ class FinetuneConfig:
     ``steps=None`` is one pass over the data; ``steps=N`` is N steps, reshuffling each time the data runs out.
     ``schedule``: ``"constant"`` after ``warmup_steps`` of linear warm-up, or ``"cosine"`` decay to 0 at the end.
 
+    The adapter fields (``num_experts``, ``rank``, ``alpha``, ``dropout``, ``target_modules``, SLIM's) take their
+    defaults from :class:`~minimal_loramoe.config.AdapterConfig` (:meth:`adapter_config` builds it).
     The SLIM fields (``top_k`` ... ``mask_rate``) left at None take the method's value from ``METHOD_SETTINGS``
     (plain LoRAMoE's for the other methods); ``l1_weight`` and ``mask_rate`` apply to any LoRAMoE-layer method.
+    Every number is checked (finite, in range) when the config is made. ``help`` in each field's metadata is the
+    help of its flag in ``python -m minimal_loramoe.train``.
     """
-    method: str = "loramoe"
-    lr: float = 5e-4
-    batch_size: int = 32
-    num_experts: int = 6
-    rank: int = 4
-    alpha: float = 32
-    dropout: float = 0.0
-    lbc_delta: float = 0.1
-    lbc_beta: float = 0.1
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    seed: int = 0
-    steps: int | None = None
-    schedule: str = "constant"
-    top_k: int | None = None
-    num_identity_experts: int | None = None
-    num_clusters: int | None = None
-    yield_scale: float | None = None
-    l1_weight: float | None = None  # weight of slim.l1_penalty in the loss
-    mask_rate: float | None = None  # DARE masking rate p at evaluation
+    method: str = field(default="loramoe", metadata={"help": "one of finetune.METHODS"})
+    lr: float = field(default=5e-4, metadata={"help": "peak learning rate (AdamW), > 0"})
+    batch_size: int = field(default=32, metadata={"help": "samples per process and step"})
+    num_experts: int = field(default=_A.num_experts, metadata={"help": "LoRAMoE experts per linear"})
+    rank: int = field(default=_A.r, metadata={"help": "rank per expert (LoRA: num-experts x rank)"})
+    alpha: float = field(default=_A.lora_alpha, metadata={"help": "lora_alpha: the update is scaled by alpha/rank"})
+    dropout: float = field(default=_A.lora_dropout, metadata={"help": "adapter dropout, in [0, 1)"})
+    lbc_delta: float = field(default=0.1, metadata={"help": "balancing constraint: delta (>= 0)"})
+    lbc_beta: float = field(default=0.1, metadata={"help": "balancing constraint: weight beta (>= 0)"})
+    warmup_steps: int = field(default=20, metadata={"help": "steps of linear learning-rate warm-up"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (>= 0)"})
+    seed: int = field(default=0, metadata={"help": "data order and adapter initialisation"})
+    steps: int | None = field(default=None, metadata={
+        "help": "optimizer steps (default: one pass over the data in full batches)"})
+    schedule: str = field(default="constant", metadata={
+        "help": "learning rate after warm-up: constant, or cosine decay to 0 at the last step"})
+    top_k: int | None = field(default=None, metadata={"help": "SLIM: experts kept per token"})
+    num_identity_experts: int | None = field(default=None, metadata={"help": "SLIM: identity experts per linear"})
+    num_clusters: int | None = field(default=None, metadata={"help": "SLIM: clusters of weight yielding"})
+    yield_scale: float | None = field(default=None, metadata={"help": "SLIM: weight yielding's bonus per sigma"})
+    l1_weight: float | None = field(default=None, metadata={  # weight of slim.l1_penalty in the loss
+        "help": "SLIM: weight of the L1 penalty on the adapters"})
+    mask_rate: float | None = field(default=None, metadata={  # DARE masking rate p at evaluation
+        "help": "SLIM: DARE masking rate at evaluation (the training command only records it)"})
+    target_modules: list[str] | None = field(default=_A.target_modules, metadata={
+        "help": "names of the linears to adapt (PEFT's rule: a module matches a name it equals or ends with "
+                "'.'+name); default: the feed-forward linears of the model's architecture (config.TARGET_MODULES)"})
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -123,15 +151,22 @@ class FinetuneConfig:
                 getattr(self, k) != v for k, v in _DEFAULTS.items()):
             raise ValueError(f"top_k, num_identity_experts, num_clusters, yield_scale, l1_weight and mask_rate need "
                              f"a LoRAMoE-layer method, not method={self.method!r}")
-        check_slim_args(self.num_experts, self.top_k, self.num_identity_experts, self.num_clusters,
-                         self.yield_scale)
-        if isinstance(self.l1_weight, bool) or not isinstance(self.l1_weight, (int, float)) or self.l1_weight < 0:
-            raise ValueError(f"l1_weight must be a number >= 0, got {self.l1_weight!r}")
-        if isinstance(self.mask_rate, bool) or not isinstance(self.mask_rate, (int, float)) or \
-                not 0 <= self.mask_rate < 1:
-            raise ValueError(f"mask_rate must be a number in [0, 1), got {self.mask_rate!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.target_modules is not None:
+            self.target_modules = [self.target_modules] if isinstance(self.target_modules, str) else \
+                list(self.target_modules)
+        if self.method == "full_ft" and self.target_modules is not None:
+            raise ValueError("target_modules needs an adapter method: full_ft trains every weight")
+        self._adapter_config("LORAMOE")  # checks rank, alpha, dropout, num_experts, SLIM's routing (every method)
+        _number("lr", self.lr, 0, low_open=True)
+        _number("weight_decay", self.weight_decay, 0)
+        _number("lbc_delta", self.lbc_delta, 0)
+        _number("lbc_beta", self.lbc_beta, 0)
+        _number("l1_weight", self.l1_weight, 0)
+        _number("mask_rate", self.mask_rate, 0, 1)
+        for name in ("batch_size", "warmup_steps", "seed") + (("steps",) if self.steps is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
         if self.steps is not None and self.steps < 1:
@@ -144,6 +179,21 @@ class FinetuneConfig:
             raise ValueError(f"num_experts must be even for method {self.method!r}: the balancing constraint splits "
                              f"the experts into two equal groups (paper Sec. 3.3), got {self.num_experts}")
 
+    def adapter_config(self) -> AdapterConfig | None:
+        """The :class:`AdapterConfig` of this run's adapters (None for ``full_ft``)."""
+        if self.method == "full_ft":
+            return None
+        return self._adapter_config(PEFT_TYPE_OF_METHOD.get(self.method, "LORAMOE"))
+
+    def _adapter_config(self, peft_type: str) -> AdapterConfig:
+        if peft_type != "LORAMOE":
+            return AdapterConfig(peft_type, r=self.num_experts * self.rank, lora_alpha=self.alpha,
+                                 lora_dropout=self.dropout, target_modules=self.target_modules)
+        return AdapterConfig(peft_type, r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                             target_modules=self.target_modules, num_experts=self.num_experts, top_k=self.top_k,
+                             num_identity_experts=self.num_identity_experts, num_clusters=self.num_clusters,
+                             yield_scale=self.yield_scale)
+
 
 def prepare_model(base_model, config: FinetuneConfig, copy_model: bool = True):
     """``base_model`` set up for ``config.method``: a fresh copy (the base model itself is never touched), or with
@@ -152,13 +202,7 @@ def prepare_model(base_model, config: FinetuneConfig, copy_model: bool = True):
     c = config
     if c.method == "full_ft":
         return model.requires_grad_(True)
-    if c.method == "lora":
-        return add_lora(model, rank=c.num_experts * c.rank, alpha=c.alpha, dropout=c.dropout)
-    if c.method == "gated_lora":
-        return add_gated_lora(model, rank=c.num_experts * c.rank, alpha=c.alpha, dropout=c.dropout)
-    model = add_loramoe(model, num_experts=c.num_experts, rank=c.rank, alpha=c.alpha, dropout=c.dropout,
-                        top_k=c.top_k, num_identity_experts=c.num_identity_experts, num_clusters=c.num_clusters,
-                        yield_scale=c.yield_scale)
+    model = add_adapters(model, c.adapter_config())
     if c.method == "loramoe_uniform_router":
         for layer in adapter_layers(model).values():  # softmax(0) = 1/E for every expert, and it stays there
             torch.nn.init.zeros_(layer.router.weight)
@@ -281,8 +325,22 @@ def _shards_parameters(accelerator) -> bool:
     return kind.endswith("DEEPSPEED") and deepspeed is not None and deepspeed.zero_stage == 3
 
 
+class TrainingStopped(Exception):
+    """The loop stopped before its last step: ``should_stop`` said so (an interrupt), or the loss was not finite.
+
+    ``step``: the optimizer steps done; ``checkpoint``: the path of the last checkpoint written (None if none);
+    ``nonfinite``: True when the loss was not finite (the model then holds the weights of step ``step``).
+    """
+
+    def __init__(self, message: str, step: int, checkpoint=None, nonfinite: bool = False):
+        super().__init__(message)
+        self.step, self.checkpoint, self.nonfinite = step, checkpoint, nonfinite
+
+
 def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_encoder, accelerator=None,
-             device=None, eval_every=None, eval_fn=None, save_to=None, progress: bool = True) -> dict:
+             device=None, eval_every=None, eval_fn=None, save_to=None, progress: bool = True,
+             checkpoint=None, save_every: int | None = None, resume: bool = False, should_stop=None,
+             checkpoint_extra: dict | None = None) -> dict:
     """Train whatever requires a gradient in ``model`` on ``dataset`` with AdamW: the one SFT loop of the book.
 
     Args:
@@ -294,8 +352,15 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
         accelerator: an ``accelerate.Accelerator`` for one or many processes; None trains in this process alone,
             on ``device`` (default: where the model is).
         eval_every, eval_fn: as in :func:`finetune` (``eval_fn`` runs in every process).
-        save_to: a folder to write the result into at the end: ``adapter.safetensors`` (see ``save_loramoe``), or
-            for full fine-tuning the whole model with ``save_pretrained`` (safetensors) and the tokenizer.
+        save_to: a folder to write the result into at the end (:func:`save_trained`): the adapters in PEFT's
+            layout, or for full fine-tuning the whole model with ``save_pretrained`` (safetensors) and the tokenizer.
+        checkpoint: a file (``checkpoint.safetensors``, see :mod:`~minimal_loramoe.checkpoint`) written every
+            ``save_every`` steps and when ``should_stop()`` turns true; deleted once ``save_to`` is written.
+        resume: continue from ``checkpoint`` (which must exist and come from a run with the same config, number of
+            processes and ``checkpoint_extra``): the result is the one the run would have had without stopping.
+        should_stop: ``should_stop(steps_done)`` is called after every step but the last; when it returns True the
+            loop writes ``checkpoint`` (if given) and raises :class:`TrainingStopped`. A loss that is not finite also raises it, before the update, naming
+            the step; the last checkpoint written is kept.
     Returns:
         history = {"config", "loss", "lbc", "l1", "evals"}: the answer-only cross-entropy and the balancing loss
         of every step, both over the whole global batch, and SLIM's weighted L1 penalty (``l1_weight > 0`` only).
@@ -311,19 +376,31 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
     SLIM's L1 penalty is *not* scaled: it depends on the parameters only, which are the same in every process, so
     every process adds the same penalty and the same gradient, and DDP's average of P equal gradients is that
     gradient -- exactly the one-process one. (Under FSDP or ZeRO-3, where a process holds only a shard of the
-    adapters outside the forward pass, the penalty would see that shard only: that case is refused.) SLIM's
-    weight yielding is the exception to "exactly like one": its cluster buffers follow process 0's slices (warned).
+    adapters outside the forward pass, the penalty would see that shard only: that case is refused, and so are
+    checkpoints, whose optimizer state would be a shard too.) SLIM's weight yielding is the exception to "exactly
+    like one": its cluster buffers follow process 0's slices (warned).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters: prepare it with prepare_model(model, config)")
     check_sft_dataset(dataset)
     rank, procs = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    if accelerator is not None and _shards_parameters(accelerator) and (
-            config.l1_weight > 0 or (config.mask_rate > 0 and eval_fn is not None)):
+    sharded = accelerator is not None and _shards_parameters(accelerator)
+    if sharded and (config.l1_weight > 0 or (config.mask_rate > 0 and eval_fn is not None)):
         raise ValueError("l1_weight > 0 and DARE-masked evaluation (mask_rate > 0 with eval_fn) read the whole "
                          "adapters outside the forward pass, which FSDP and DeepSpeed ZeRO-3 shard across processes: "
                          "train with DDP (or ZeRO-1/2), or set l1_weight=0 / mask_rate=0")
+    if sharded and (save_every or resume):
+        raise ValueError("checkpoints (save_every, resume) are not supported under FSDP or DeepSpeed ZeRO-3, which "
+                         "shard the optimizer state: train with DDP (or ZeRO-1/2)")
+    if (save_every or resume) and checkpoint is None:
+        raise ValueError("save_every and resume need a checkpoint path")
+    if save_every is not None and (isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1):
+        raise ValueError(f"save_every must be an integer >= 1, got {save_every!r}")
+    extra = dict(checkpoint_extra or {})
+    if resume:  # read (and check) before anything else is done
+        saved_tensors, saved_meta = ckpt.read_checkpoint(checkpoint)
+        ckpt.check_resumable(saved_meta, config, procs, extra, checkpoint)
     if accelerator is not None:
         device = accelerator.device
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -343,7 +420,16 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     # The schedule counts optimizer steps (global batches). It is not handed to accelerator.prepare, whose
     # scheduler wrapper would step it once per process per step.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config, len(batches)))
+    factor = lr_factor(config, len(batches))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    history = {"config": asdict(config), "loss": [], "lbc": [], "l1": [], "evals": {}}
+    start = 0
+    if resume:
+        start = ckpt.restore(saved_tensors, saved_meta, model, opt, checkpoint)
+        sched.last_epoch = start  # LambdaLR's lr of step s is initial_lr * factor(s): the restored groups hold it
+        sched._last_lr = [g["lr"] for g in opt.param_groups]
+        history.update({k: list(v) for k, v in saved_meta["history"].items()})
+        checkpoints = [c for c in checkpoints if c > start * per_process * procs]
     objective = AnswerOnlyLoss(model)
     adapter_names = list(adapter_state_dict(model)) if adapter_layers(model) else None  # before any wrapping
     if accelerator is not None:
@@ -358,10 +444,25 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
                       "clusters follow process 0's slices only, and the run does not train exactly like one process")
     lbc = LBC_OF_METHOD.get(config.method)
     gather = partial(_gather_keeping_local_grad, accelerator) if procs > 1 else None
+    if resume:
+        ckpt.set_rng_state(saved_tensors, rank)  # the random state the run had after step `start`
+        del saved_tensors
+    last_saved = start if resume else None
 
-    history = {"config": asdict(config), "loss": [], "lbc": [], "l1": [], "evals": {}}
-    bar = tqdm(batches, desc=config.method, disable=not (progress and is_main), leave=False)
-    for step, idx in enumerate(bar):
+    def write_checkpoint(done: int) -> None:
+        nonlocal last_saved
+        states = _rng_states(accelerator, procs, device)  # every process takes part in the gather
+        if is_main:
+            ckpt.save_checkpoint(checkpoint, model, opt, done, history, config, states, extra)
+        last_saved = done
+
+    def where() -> str:
+        return (f"; the last checkpoint ({checkpoint}, after step {last_saved}) is kept" if last_saved is not None
+                else "; no checkpoint was written")
+
+    bar = tqdm(batches[start:], desc=config.method, disable=not (progress and is_main), leave=False, initial=start,
+               total=len(batches))
+    for step, idx in enumerate(bar, start=start):
         rows = dataset[idx[rank * per_process:(rank + 1) * per_process]]  # this process's slice of the batch
         batch = {k: v.to(device) for k, v in encode(tokenizer, rows["prompt"], rows["answer"]).items()}
         loss = objective(**batch)  # mean cross-entropy over this process's answer tokens
@@ -370,15 +471,27 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
             n_own = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().float()
             n_all, loss_sum = accelerator.reduce(torch.stack([n_own, loss.detach() * n_own]), reduction="sum")
             total, ce = loss * (n_own * procs / n_all), loss_sum / n_all
+        aux = l1 = None
         if lbc is not None:
             aux = model_balance_loss(model, torch.tensor(rows["type"], device=device),
                                      attention_mask=batch["attention_mask"], delta=config.lbc_delta,
                                      beta=config.lbc_beta, variant=lbc, gather=gather)
             total = total + (aux * procs if procs > 1 else aux)
-            history["lbc"].append(aux.item())
         if config.l1_weight > 0:  # the same in every process and not rescaled (see the docstring)
             l1 = config.l1_weight * l1_penalty(model)
             total = total + l1
+        bad = ~torch.isfinite(total.detach())
+        if procs > 1:  # every process stops at the same step, or DDP's all-reduce would wait forever
+            bad = accelerator.reduce(bad.float(), reduction="sum") > 0
+        if bad.item():
+            raise TrainingStopped(f"step {step + 1} of {len(batches)}: the loss is not finite (cross-entropy "
+                                  f"{ce.item():.4g}" + (f", balancing loss {aux.item():.4g}" if aux is not None else "")
+                                  + (f", L1 penalty {l1.item():.4g}" if l1 is not None else "")
+                                  + f"); stopped before the update{where()}", step, checkpoint if last_saved
+                                  is not None else None, nonfinite=True)
+        if aux is not None:
+            history["lbc"].append(aux.item())
+        if l1 is not None:
             history["l1"].append(l1.item())
         opt.zero_grad(set_to_none=True)
         if accelerator is not None:
@@ -398,19 +511,58 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
                 history["evals"][checkpoints[0]] = eval_fn(model, checkpoints[0]) if eval_fn else None
             model.train()
             checkpoints.pop(0)
+        done = step + 1
+        if should_stop is not None and done < len(batches):
+            stop = torch.tensor(float(bool(should_stop(done))), device=device)
+            if procs > 1:  # a signal may reach one process a step before another: stop where any of them asks
+                stop = accelerator.reduce(stop, reduction="sum")
+            if stop.item() > 0:
+                if checkpoint is not None and not sharded:
+                    write_checkpoint(done)
+                raise TrainingStopped(f"stopped after step {done} of {len(batches)}" + (
+                    f"; checkpoint written to {checkpoint}" if last_saved == done else where()), done,
+                    checkpoint if last_saved is not None else None)
+        if save_every and done % save_every == 0 and done < len(batches):
+            write_checkpoint(done)
     model.eval()
     if save_to is not None:
         save_trained(objective, model, tokenizer, save_to, adapter_names, accelerator)
+        if checkpoint is not None and is_main and Path(checkpoint).exists():
+            Path(checkpoint).unlink()  # the result is written; the checkpoint has done its job
     return history
 
 
+def _rng_states(accelerator, procs: int, device) -> list:
+    """Every process's (CPU, CUDA or None) random state, in process order (gathered to all processes)."""
+    cpu, cuda = ckpt.rng_state()
+    if procs == 1:
+        return [(cpu, cuda)]
+    parts = []
+    for state in (cpu, cuda):
+        if state is None:
+            parts.append([None] * procs)
+            continue
+        everyone = accelerator.gather(state.to(device=device, dtype=torch.int32)).cpu().to(torch.uint8)
+        parts.append(list(everyone.chunk(procs)))
+    return list(zip(*parts))
+
+
+# what save_pretrained writes for the weights: a previous run's files of these kinds are replaced, not mixed in
+_WEIGHT_FILES = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json")
+
+
 def save_trained(objective, model, tokenizer, folder, adapter_names, accelerator=None) -> None:
-    """Write the trained weights into ``folder``: the adapters only (``adapter.safetensors``), or for full
-    fine-tuning the whole model (``save_pretrained``: ``model.safetensors`` + config) and the tokenizer.
+    """Write the trained weights into ``folder``: the adapters only, in PEFT's layout (``adapter_config.json`` and
+    ``adapter_model.safetensors``, see ``inject.save_adapter``), or for full fine-tuning the whole model
+    (``save_pretrained``: ``model.safetensors`` + config) and the tokenizer. Every file is written under a temporary
+    name and renamed into place; a previous model's weight files (shards, index) are removed, not mixed in.
 
     Under FSDP or DeepSpeed ZeRO-3 each process holds only a shard of the weights: ``accelerator.get_state_dict``
     gathers the full tensors (every process must call it); only the main process writes.
     """
+    import shutil
+    import tempfile
+
     folder = Path(folder)
     state = accelerator.get_state_dict(objective) if accelerator is not None else objective.state_dict()
     state = {k.removeprefix("model."): v for k, v in state.items()}  # AnswerOnlyLoss keeps the LM as .model
@@ -418,10 +570,21 @@ def save_trained(objective, model, tokenizer, folder, adapter_names, accelerator
         return
     folder.mkdir(parents=True, exist_ok=True)
     if adapter_names is not None:
-        save_loramoe(model, folder / ADAPTER_FILE, state_dict={k: state[k] for k in adapter_names})
-    else:
-        model.save_pretrained(folder, state_dict=state)
-        tokenizer.save_pretrained(folder)
+        save_adapter(model, folder, state_dict={k: state[k] for k in adapter_names})
+        return
+    staging = Path(tempfile.mkdtemp(dir=folder, prefix=".saving-"))
+    try:
+        model.save_pretrained(staging, state_dict=state)
+        tokenizer.save_pretrained(staging)
+        new = {p.name for p in staging.iterdir()}
+        for pattern in _WEIGHT_FILES:
+            for old in folder.glob(pattern):
+                if old.name not in new:
+                    old.unlink()
+        for p in staging.iterdir():
+            p.replace(folder / p.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @torch.no_grad()
@@ -431,7 +594,7 @@ def weight_change(base_model, model) -> float:
     For the plugin methods (LoRA, LoRAMoE) the base is frozen, so this is 0 by construction: the paper links
     forgetting to large parameter change, and the plugins rule it out.
     """
-    tuned = {k.replace(".base.", "."): v for k, v in model.state_dict().items()}
+    tuned = {k.replace(".base_layer.", "."): v for k, v in model.state_dict().items()}
     num = den = 0.0
     for k, w0 in base_model.state_dict().items():
         w = tuned[k].to(w0.device).float()

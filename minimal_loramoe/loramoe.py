@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora import check_adapter_args
+from .lora import FrozenBase, check_adapter_args, linear_features
 from .slim import SlidingClusters
 
 
@@ -47,12 +47,13 @@ def check_slim_args(num_experts, top_k, num_identity_experts, num_clusters, yiel
     if num_clusters and not num_identity_experts:
         raise ValueError("num_clusters > 0 (weight yielding) needs num_identity_experts >= 1: the yielded weight "
                          "goes to the identity experts")
-    if isinstance(yield_scale, bool) or not isinstance(yield_scale, (int, float)) or not yield_scale > 0:
-        raise ValueError(f"yield_scale must be a number > 0, got {yield_scale!r}")
+    if isinstance(yield_scale, bool) or not isinstance(yield_scale, (int, float)) or not 0 < yield_scale < math.inf:
+        raise ValueError(f"yield_scale must be a number > 0 and finite, got {yield_scale!r}")
 
 
-class LoRAMoELinear(nn.Module):
-    """E LoRA experts of rank r plus a router, around a frozen ``nn.Linear``.
+class LoRAMoELinear(FrozenBase, nn.Module):
+    """E LoRA experts of rank r plus a router, around a frozen ``nn.Linear`` (or ``Conv1D``), kept as
+    ``base_layer``.
 
     Parameters keep a per-expert layout so that every expert is easy to inspect:
     ``lora_A`` (E, r, d_in), ``lora_B`` (E, d_out, r), ``router`` = ``nn.Linear(d_in, E + I, bias=False)`` with
@@ -68,17 +69,17 @@ class LoRAMoELinear(nn.Module):
     ``yield_scale * relu(d - d_ref)`` -- see :meth:`gates`.
     """
 
-    def __init__(self, base: nn.Linear, num_experts: int, rank: int, alpha: float, dropout: float = 0.0,
+    def __init__(self, base_layer: nn.Module, num_experts: int, rank: int, alpha: float, dropout: float = 0.0,
                  top_k: int | None = None, num_identity_experts: int = 0, num_clusters: int = 0,
                  yield_scale: float = 1.0):
         super().__init__()
-        check_adapter_args(base, rank, alpha, dropout, num_experts)
+        check_adapter_args(base_layer, rank, alpha, dropout, num_experts)
         check_slim_args(num_experts, top_k, num_identity_experts, num_clusters, yield_scale)
-        self.base = base.requires_grad_(False)
+        self.base_layer = base_layer.requires_grad_(False)
         self.num_experts, self.rank, self.alpha, self.scaling = num_experts, rank, alpha, alpha / rank
         self.top_k, self.num_identity_experts, self.yield_scale = top_k, num_identity_experts, yield_scale
-        w = base.weight
-        d_in, d_out = base.in_features, base.out_features
+        w = base_layer.weight
+        d_in, d_out = linear_features(base_layer)
         self.lora_A = nn.Parameter(torch.empty(num_experts, rank, d_in, dtype=w.dtype, device=w.device))
         self.lora_B = nn.Parameter(torch.zeros(num_experts, d_out, rank, dtype=w.dtype, device=w.device))
         for a in self.lora_A:  # each expert initialised like its own nn.Linear(d_in, r)
@@ -118,7 +119,7 @@ class LoRAMoELinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., d_in)
         E, r = self.num_experts, self.rank
-        y = self.base(x)  # (..., d_out) -- the frozen path
+        y = self.base_layer(x)  # (..., d_out) -- the frozen path
         gates = self.gates(x)  # (..., E + I)
         self.last_gates = gates
         h = F.linear(self.lora_dropout(x), self.lora_A.reshape(E * r, -1))  # (..., E*r): all A_i at once
@@ -135,7 +136,7 @@ class LoRAMoELinear(nn.Module):
 
         Slow; kept to check the fused :meth:`forward` against and for the benchmark.
         """
-        y = self.base(x)
+        y = self.base_layer(x)
         gates = self.gates(x).to(x.dtype)
         xd = self.lora_dropout(x)
         for i in range(self.num_experts):

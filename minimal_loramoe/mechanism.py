@@ -73,7 +73,7 @@ def _over_tokens(model, tokenizer, dataset, per_layer, batch_size=256):
 def adapter_effect(model, tokenizer, dataset, batch_size: int = 256) -> float:
     """rho = ||y - W0 x|| / ||W0 x|| of every adapter layer, averaged over layers and real tokens."""
     def rho(module, x, out):
-        frozen = module.base(x)  # (B, T, d_out)
+        frozen = module.base_layer(x)  # (B, T, d_out)
         return (out - frozen).norm(dim=-1) / frozen.norm(dim=-1).clamp(min=1e-8)  # (B, T)
     return _over_tokens(model, tokenizer, dataset, rho, batch_size)
 

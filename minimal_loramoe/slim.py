@@ -113,7 +113,7 @@ def dare_masks(layer, p: float, generator: torch.Generator | None = None):
     """
     _check_p(p)
     q = math.sqrt(1.0 - p)
-    E, d_out, d_in = layer.num_experts, layer.base.out_features, layer.base.in_features
+    E, d_out, d_in = layer.num_experts, layer.out_features, layer.in_features
     keep_out = (torch.rand(E, d_out, generator=generator) < q).float()  # (E, d_out)
     keep_in = (torch.rand(E, d_in, generator=generator) < q).float()  # (E, d_in)
     return keep_out.to(layer.lora_B.device), keep_in.to(layer.lora_A.device)
@@ -163,7 +163,7 @@ def l1_penalty(model) -> torch.Tensor:
     """
     total = None
     for m in _moe_layers(model).values():
-        size = m.num_experts * m.rank * (m.base.in_features + m.base.out_features)
+        size = m.num_experts * m.rank * (m.in_features + m.out_features)
         loss = (m.lora_A.abs().sum() + m.lora_B.abs().sum()) / size
         total = loss if total is None else total + loss
     return total
@@ -171,7 +171,8 @@ def l1_penalty(model) -> torch.Tensor:
 
 @torch.no_grad()
 def merged_weight(layer, gate: torch.Tensor, p: float = 0.0, generator: torch.Generator | None = None):
-    """One plain weight for a LoRAMoE layer: ``W0 + sum_i gate_i * scaling * B_i A_i`` (d_out, d_in).
+    """One plain weight for a LoRAMoE layer: ``W0 + sum_i gate_i * scaling * B_i A_i`` (d_out, d_in), in the layout of
+    ``base_layer.weight`` (transposed, (d_in, d_out), for a Conv1D).
 
     ``gate`` (E + I,) gives one weight per expert (identity experts, last, add nothing). A router-dependent
     mixture has no exact merge; with ``gate`` = the layer's average gate over a calibration set
@@ -185,11 +186,11 @@ def merged_weight(layer, gate: torch.Tensor, p: float = 0.0, generator: torch.Ge
                          f"got {tuple(gate.shape)}")
     A, B = _masked_factors(layer, p, generator) if p > 0 else (layer.lora_A, layer.lora_B)
     g = (gate[:E] * layer.scaling).to(device=A.device, dtype=A.dtype)  # (E,)
-    return layer.base.weight + torch.einsum("e,eor,eri->oi", g, B, A)  # (d_out, d_in)
+    return layer.base_layer.weight + layer.to_base_layout(torch.einsum("e,eor,eri->oi", g, B, A))  # (d_out, d_in)
 
 
 def merge_loramoe(model, gates: dict, p: float = 0.0, seed: int = 0):
-    """A copy of ``model`` with every LoRAMoE layer replaced by a plain ``nn.Linear`` holding
+    """A copy of ``model`` with every LoRAMoE layer replaced by a plain ``nn.Linear`` (or ``Conv1D``) holding
     :func:`merged_weight` -- the "merged" model, to compare with the "mixture" (``model`` itself).
 
     ``gates`` maps each LoRAMoE layer's name to its (E + I,) gate (e.g. from
@@ -204,7 +205,7 @@ def merge_loramoe(model, gates: dict, p: float = 0.0, seed: int = 0):
     merged = copy.deepcopy(model)
     g = torch.Generator().manual_seed(seed)
     for name, layer in layers.items():
-        linear = copy.deepcopy(layer.base)
+        linear = copy.deepcopy(layer.base_layer)
         linear.weight.data = merged_weight(layer, gates[name], p, g)
         parent, _, child = name.rpartition(".")
         setattr(merged.get_submodule(parent), child, linear)

@@ -396,8 +396,9 @@ def sft_dataset(samples: list[dict]):
 
 def _method_of(model) -> str:
     """The ``finetune.METHODS`` key of a prepared model (its balancing loss, if any, is off: plain SFT)."""
-    adapter = getattr(model, CONFIG_ATTR, {}).get("adapter")
-    return {"loramoe": "loramoe_no_lbc", "lora": "lora", "gated_lora": "gated_lora", None: "full_ft"}[adapter]
+    config = getattr(model, CONFIG_ATTR, None)
+    adapter = config.peft_type if config is not None else None
+    return {"LORAMOE": "loramoe_no_lbc", "LORA": "lora", "GATED_LORA": "gated_lora", None: "full_ft"}[adapter]
 
 
 def train_sft(model, tokenizer, samples: list[dict], steps: int, batch_size: int = 8, lr: float = 1e-4,

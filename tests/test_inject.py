@@ -42,8 +42,8 @@ def test_only_adapters_train_and_base_is_bitwise_unchanged(tiny_llama):
         opt.step()
         opt.zero_grad()
     after = model.state_dict()
-    for k, v in base.items():  # the frozen weights now live under `<name>.base.weight`
-        k2 = k if k in after else k.replace(".weight", ".base.weight").replace(".bias", ".base.bias")
+    for k, v in base.items():  # the frozen weights now live under `<name>.base_layer.weight`
+        k2 = k if k in after else k.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
         assert torch.equal(after[k2], v), k
     assert any(torch.count_nonzero(m.lora_B) > 0 for m in adapter_layers(model).values())
 

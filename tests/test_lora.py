@@ -85,5 +85,5 @@ def test_bad_arguments(kwargs, match):
 
 
 def test_base_must_be_linear():
-    with pytest.raises(TypeError, match="base must be an nn.Linear"):
+    with pytest.raises(TypeError, match="base_layer must be an nn.Linear or a transformers Conv1D"):
         LoRALinear(nn.Conv1d(4, 4, 1), rank=2, alpha=4)

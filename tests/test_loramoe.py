@@ -89,5 +89,5 @@ def test_bad_arguments(kwargs, match):
 
 
 def test_base_must_be_linear():
-    with pytest.raises(TypeError, match="base must be an nn.Linear"):
+    with pytest.raises(TypeError, match="base_layer must be an nn.Linear or a transformers Conv1D"):
         LoRAMoELinear(nn.Embedding(4, 4), num_experts=2, rank=2, alpha=4)

@@ -60,7 +60,7 @@ def test_dense_default_is_bitwise_unchanged():
 def test_identity_experts_leave_the_frozen_output_bitwise(top_k):
     layer = make(E=4, num_identity_experts=2, top_k=top_k)
     assert layer.router.weight.shape == (6, 10)
-    assert {n for n, _ in layer.named_parameters()} == {"base.weight", "base.bias", "lora_A", "lora_B",
+    assert {n for n, _ in layer.named_parameters()} == {"base_layer.weight", "base_layer.bias", "lora_A", "lora_B",
                                                         "router.weight"}
     x = torch.randn(2, 5, 10)
     assert not torch.equal(layer(x), layer.base(x))  # the LoRA experts do something...

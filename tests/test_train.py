@@ -1,9 +1,9 @@
 """The training command ``python -m minimal_loramoe.train``: one process, two processes (DDP on CPU, gloo), and the
 bad input it refuses.
 
-The two-process test starts ``accelerate launch`` with two processes on the CPU (about 30-40 s on a busy 2-core
-machine, most of it starting Python twice) and checks that it trains exactly like one process with the same global
-batch.
+The two-process tests (marked slow) start ``accelerate launch`` with two processes on the CPU (about 30-40 s each on
+a busy 2-core machine, most of it starting Python twice) and check that it trains exactly like one process with the
+same global batch, and that a stopped and resumed two-process run ends exactly where the uninterrupted one does.
 """
 import json
 import os
@@ -52,16 +52,18 @@ def free_port() -> int:
 
 def test_one_process_run_writes_adapters_settings_and_history(one_process_run):
     out, result = one_process_run
-    assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "history.json", "settings.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                     "history.json", "settings.json"]
     settings = json.loads((out / "settings.json").read_text())
     assert settings["config"]["method"] == "loramoe" and settings["config"]["steps"] == 6
     assert settings["num_processes"] == 1 and settings["global_batch_size"] == 8
     history = json.loads((out / "history.json").read_text())
     assert len(history["loss"]) == len(history["lbc"]) == 6
-    # only adapter tensors in the file: experts and routers of the 3 FFN linears of both layers
-    names = load_file(out / "adapter.safetensors").keys()
-    assert len(names) == 2 * 3 * 3 and all(n.rsplit(".", 1)[-1] in ("lora_A", "lora_B", "weight") for n in names)
-    assert all(".mlp." in n and ".base." not in n for n in names)
+    # only adapter tensors in the file, under PEFT's names: experts and routers of the 3 FFN linears of both layers
+    names = load_file(out / "adapter_model.safetensors").keys()
+    assert len(names) == 2 * 3 * 3 and all(n.startswith("base_model.model.model.layers.") for n in names)
+    assert all(n.endswith((".lora_A.weight", ".lora_B.weight", ".router.weight")) for n in names)
+    assert all(".mlp." in n and ".base_layer." not in n for n in names)
 
 
 def test_trained_adapters_load_and_generate(one_process_run, sft_file):
@@ -81,7 +83,14 @@ def test_trained_adapters_load_and_generate(one_process_run, sft_file):
     assert generated.shape == (1, prompt["input_ids"].shape[1] + 3)
 
 
-def test_two_processes_train_exactly_like_one(one_process_run, sft_file, tmp_path):
+@pytest.fixture(scope="module")
+def two_process_run(sft_file, tmp_path_factory):
+    """The run of :func:`one_process_run` on 2 CPU processes (DDP, gloo), 4 samples each."""
+    return launch_two_processes(sft_file, tmp_path_factory.mktemp("two") / "two")
+
+
+@pytest.mark.slow
+def test_two_processes_train_exactly_like_one(one_process_run, two_process_run):
     """DDP on 2 CPU processes (gloo), 4 samples each, against 1 process with 8: the same model up to rounding.
 
     Why the tolerance 1e-5: both runs see the same global batches and minimise the same loss (the cross-entropy
@@ -92,12 +101,29 @@ def test_two_processes_train_exactly_like_one(one_process_run, sft_file, tmp_pat
     moves lora_B (zero at the start) by ~3e-3.
     """
     one, _ = one_process_run
-    two = launch_two_processes(sft_file, tmp_path / "two")
-    model, _ = train.load_trained(two)  # loads with add_loramoe + load_loramoe
+    two = two_process_run
+    model, _ = train.load_trained(two)  # loads the adapter folder
     assert len(adapter_layers(model)) == 6
     assert_same_training(one, two)
 
 
+@pytest.mark.slow
+def test_two_processes_stop_and_resume_exactly_like_the_uninterrupted_run(two_process_run, sft_file, tmp_path):
+    """Two processes stopped after step 3 of 6 (as on Ctrl-C: a checkpoint, nothing else), then --resume: the same
+    adapters, bit for bit, and the same losses as the two processes that ran the 6 steps in one go."""
+    out = tmp_path / "resumed"
+    stopped = run_two_processes(sft_file, out, ["--stop-after", "3"])
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert "stopped after step 3 of 6; checkpoint written" in stopped.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors"]
+    launch_two_processes(sft_file, out, ["--resume"])
+    a, b = load_file(two_process_run / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    h1, h2 = (json.loads((d / "history.json").read_text()) for d in (two_process_run, out))
+    assert h1 == h2
+
+
+@pytest.mark.slow
 def test_two_processes_train_slim_parts_exactly_like_one(sft_file, tmp_path):
     """The same check with SLIM's parts that have to agree too: top-2 routing, two identity experts (the balancing
     loss then renormalises the LoRA experts' gates before the gather) and the L1 penalty, which every process adds
@@ -113,6 +139,15 @@ def test_two_processes_train_slim_parts_exactly_like_one(sft_file, tmp_path):
 
 def launch_two_processes(sft_file, out, extra=()):
     """``python -m minimal_loramoe.train`` on 2 CPU processes (DDP, gloo), 4 samples each; returns ``out``."""
+    done = run_two_processes(sft_file, out, extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["num_processes"] == 2 and settings["global_batch_size"] == 8
+    assert "MULTI_CPU" in settings["distributed_type"]
+    return out
+
+
+def run_two_processes(sft_file, out, extra=()) -> subprocess.CompletedProcess:
     # accelerate's own --cpu flag starts ONE process unless mpirun is set up; --multi_gpu starts the processes
     # with torchrun, and train's --cpu makes them a CPU process group (gloo).
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -121,21 +156,16 @@ def launch_two_processes(sft_file, out, extra=()):
            *COMMON, *extra, "--data", str(sft_file), "--out", str(out), "--batch-size", "4"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    settings = json.loads((out / "settings.json").read_text())
-    assert settings["num_processes"] == 2 and settings["global_batch_size"] == 8
-    assert "MULTI_CPU" in settings["distributed_type"]
-    return out
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def assert_same_training(one, two) -> dict:
     """The adapters and losses of two runs agree up to float32 rounding; returns the first run's history."""
-    a, b = load_file(one / "adapter.safetensors"), load_file(two / "adapter.safetensors")
+    a, b = load_file(one / "adapter_model.safetensors"), load_file(two / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
-    moved = max(a[n].abs().max().item() for n in a if n.endswith("lora_B"))
+    moved = max(a[n].abs().max().item() for n in a if n.endswith("lora_B.weight"))
     assert moved > 100 * 1e-5  # the tolerance is small against what training changes
     h1, h2 = (json.loads((d / "history.json").read_text()) for d in (one, two))
     torch.testing.assert_close(torch.tensor(h2["loss"]), torch.tensor(h1["loss"]), rtol=1e-5, atol=0)
@@ -154,7 +184,7 @@ def test_slim_on_the_command_line(sft_file, tmp_path):
     assert config["l1_weight"] == 10.0 and config["mask_rate"] == 0.5
     history = json.loads((out / "history.json").read_text())
     assert len(history["loss"]) == len(history["l1"]) == 2 and history["lbc"] == []
-    saved = load_file(out / "adapter.safetensors")
+    saved = load_file(out / "adapter_model.safetensors")
     assert sum(n.endswith("clusters.centres") for n in saved) == 6
     model, _ = train.load_trained(out)
     layer = next(iter(adapter_layers(model).values()))
@@ -168,7 +198,7 @@ def test_full_finetuning_saves_a_model_folder(sft_file, tmp_path):
     train.main(["--model", str(DEFAULT_CHECKPOINT), "--data", str(sft_file), "--out", str(out), "--method",
                 "full_ft", "--steps", "2", "--batch-size", "8", "--lr", "1e-4", "--cpu", "--no-progress"])
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
-    assert not (out / "adapter.safetensors").exists()
+    assert not (out / "adapter_model.safetensors").exists()
     tuned = AutoModelForCausalLM.from_pretrained(out)
     base, _, _ = load_pretrained()
     w0, w1 = base.model.layers[0].mlp.up_proj.weight, tuned.model.layers[0].mlp.up_proj.weight
@@ -231,7 +261,7 @@ def test_odd_expert_count_is_fine_without_the_constraint(sft_file, tmp_path):
     train.main(["--model", str(DEFAULT_CHECKPOINT), "--data", str(sft_file), "--out", str(tmp_path / "o"),
                 "--method", "loramoe_no_lbc", "--num-experts", "3", "--steps", "1", "--batch-size", "4", "--cpu",
                 "--no-progress"])
-    assert (tmp_path / "o" / "adapter.safetensors").is_file()
+    assert (tmp_path / "o" / "adapter_model.safetensors").is_file()
 
 
 def test_missing_model_and_data_are_refused(tmp_path):
