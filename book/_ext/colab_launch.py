@@ -76,7 +76,7 @@ def on_page_context(app: Sphinx, pagename, templatename, context, doctree) -> No
     repo_path = paths[1] if paths else os.path.join(
         app.config.html_theme_options.get("path_to_docs", "").strip("/"), pagename)
     url = colab_url(app, repo_path)
-    if url and "body" in context:
+    if url and "body" in context and app.config.colab_badges:
         logo = context["pathto"]("_static/images/logo_colab.png", 1)
         badge = (
             f'<p class="colab-badge"><a class="reference external" href="{url}" target="_blank" rel="noopener">'
@@ -105,6 +105,7 @@ def add_repo_substitution(app: Sphinx, config) -> None:
 
 
 def setup(app: Sphinx) -> dict:
+    app.add_config_value("colab_badges", True, "html")  # off in the student edition (book/student_edition.py)
     app.connect("config-inited", add_repo_substitution)
     # sphinx-book-theme adds its launch/source buttons at priority 501; run after it.
     app.connect("html-page-context", on_page_context, priority=510)
