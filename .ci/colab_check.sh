@@ -27,6 +27,10 @@ py="$work/venv/bin/python"
 grep -v '^-e' requirements.txt > "$work/constraints.txt"
 "$py" -m pip install -q -c "$work/constraints.txt" "${wheel}[smollm]" pytest nbval ipykernel
 echo "colab_check: fresh environment installed in $(( $(date +%s) - start )) s since start"
+# A fresh environment's first matplotlib import builds the font cache and says so on stderr, which nbval would
+# compare with the saved (empty) stderr of the chapter's import cell: build it here (any other import-time message
+# shows in this log).
+env -u PYTHONPATH "$py" -c "import matplotlib.pyplot, datasets, transformers, torch, minimal_loramoe"
 
 reader="$work/reader"   # an empty folder outside the repository: no data/, no book/, no package source
 mkdir "$reader"
