@@ -25,11 +25,12 @@ py="$work/venv/bin/python"
 # torch exactly as the README's install line gets it; the rest at the pins of requirements.txt (minus `-e .`)
 "$py" -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 grep -v '^-e' requirements.txt > "$work/constraints.txt"
-"$py" -m pip install -q -c "$work/constraints.txt" "${wheel}[smollm]" pytest nbval ipykernel
+"$py" -m pip install -q -c "$work/constraints.txt" "${wheel}[smollm]" pytest nbval ipykernel ipywidgets
 echo "colab_check: fresh environment installed in $(( $(date +%s) - start )) s since start"
 # A fresh environment's first matplotlib import builds the font cache and says so on stderr, which nbval would
 # compare with the saved (empty) stderr of the chapter's import cell: build it here (any other import-time message
-# shows in this log).
+# shows in this log). ipywidgets above: without it tqdm.auto (imported by datasets) warns on stderr in a kernel;
+# Colab and the README's install (jupyter) have it.
 env -u PYTHONPATH "$py" -c "import matplotlib.pyplot, datasets, transformers, torch, minimal_loramoe"
 
 reader="$work/reader"   # an empty folder outside the repository: no data/, no book/, no package source

@@ -26,7 +26,7 @@ grep -E '^(pytest|peft)==' requirements.txt >> "$work/floors.txt"
 "$py" -m pip list 2>/dev/null | grep -Ei '^(torch|transformers|datasets|tokenizers|safetensors|matplotlib|tqdm|accelerate|numpy) '
 echo "floors_check: installed in $(( $(date +%s) - start )) s"
 rc=0
-(cd "$work" && OMP_NUM_THREADS=1 "$py" -m pytest -q -p no:cacheprovider "$OLDPWD/tests") || rc=$?
+(cd "$work" && OMP_NUM_THREADS=1 "$py" -m pytest -q -p no:cacheprovider "$OLDPWD/tests" -k "not chapter_gpu_path") || rc=$?
 [ "$rc" -ne 5 ] || { echo "floors_check: no test collected -- failing on purpose" >&2; exit 1; }
 echo "floors_check: exit $rc, $(( $(date +%s) - start )) s in all"
 exit "$rc"
