@@ -5,8 +5,11 @@ For each notebook that book/_toc.yml enables (or each notebook given on the comm
 - it was run top to bottom and saved with its outputs: every non-empty code cell has an execution count, the
   counts are 1, 2, 3, ... in order, and no cell saved an error. (CI re-executes the notebooks with nbval and
   compares the outputs; the book renders the saved ones, so they must come from one clean run.)
-- its first code cell works on Colab: it installs the package from the repository named in _config.yml when
-  ``google.colab`` is imported, and picks the device with ``get_device()``;
+- it opens the same way as every chapter: the first code cell is exactly the setup cell (on Colab, one ``%pip
+  install`` of the package from the repository named in _config.yml; elsewhere nothing) and the first Markdown
+  cell holds the chapter's "Open in Colab" link, both as ``book/set_repository.py`` writes them;
+- no output nbval compares strictly names the device (the CPU in CI, the GPU on Colab): after
+  notebooks/sanitize.cfg, no untagged output says ``device: cpu`` or ``device(type='cuda')``;
 - it ends with exercises: the last ``##`` section (or the one before a closing ``## Summary``) is about exercises, there are at least two, their titles
   carry a difficulty (★, ★★ or ★★★) with at least two different levels, and every exercise has a solution
   folded away with ``:class: dropdown``;
@@ -35,6 +38,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import set_repository  # noqa: E402  (book/set_repository.py: the setup cell and Colab link every chapter has)
+
 BOOK = Path(__file__).resolve().parent
 TOC = BOOK / "_toc.yml"
 CONFIG = BOOK / "_config.yml"
@@ -50,6 +56,7 @@ WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 SANITIZE = BOOK.parent / "notebooks" / "sanitize.cfg"
 SKIP_COMMENT = re.compile(r"^\s*#\s*(NBVAL_SKIP|PYTEST_VALIDATE_SKIP)\s*$", re.M)
 IGNORE_COMMENT = re.compile(r"^\s*#\s*NBVAL_IGNORE_OUTPUT\s*$", re.M)
+DEVICE_NAMED = re.compile(r"device\W{1,3}(?:type=\W?)?(cpu|cuda|mps|xpu)\b")
 PLAIN_NUMBERS = ["0.913", "knowledge 0.955", "96 %", "440,960 parameters", "-0.024", "1e-03", "33/54"]
 
 
@@ -162,12 +169,27 @@ def lint(path: Path, repo_url: str) -> tuple[list[str], list[str]]:
             problems.append(f"code cell {i} has both the nbval-ignore-output tag and # NBVAL_IGNORE_OUTPUT "
                             "(nbval warns): keep one")
 
-    # 2. a first cell that works on Colab
+    # 2. the same first cell in every chapter, and the Colab link under the title
+    url, branch = set_repository.repository()
     first = _source(code[0]) if code else ""
-    if "google.colab" not in first or repo_url not in first or "get_device" not in first:
-        problems.append(f"the first code cell must install the package on Colab (`if \"google.colab\" in sys.modules:` "
-                        f"... `%pip install -q \"minimal-loramoe @ git+{repo_url}\"`) and call get_device(); "
-                        "see book/README.md")
+    if first != set_repository.setup_cell(url, branch):
+        problems.append("the first code cell is not the book's setup cell (one `%pip install` on Colab): run "
+                        "`python book/set_repository.py --notebooks`; see book/README.md")
+    intro = next((_source(c) for c in cells if c["cell_type"] == "markdown"), "")
+    if set_repository.colab_link(path.name, url, branch) not in intro:
+        problems.append("the first Markdown cell lacks this chapter's \"Open in Colab\" link: run "
+                        "`python book/set_repository.py --notebooks`")
+    sanitize = _sanitizers()
+    for i, c in enumerate(code, 1):
+        if "nbval-ignore-output" in c.get("metadata", {}).get("tags", []) or IGNORE_COMMENT.search(_source(c)):
+            continue
+        for out in c.get("outputs", []):
+            text = "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
+            for regex, replace in sanitize:
+                text = regex.sub(replace, text)
+            if DEVICE_NAMED.search(text):
+                problems.append(f"code cell {i} prints the device in an output nbval compares: it differs on a "
+                                f"GPU ({DEVICE_NAMED.search(text).group(0)!r})")
 
     # 3. ends with graded exercises, solutions folded away
     markdown = "\n\n".join(_source(c) for c in cells if c["cell_type"] == "markdown")
@@ -202,7 +224,7 @@ def lint(path: Path, repo_url: str) -> tuple[list[str], list[str]]:
     # 4. nothing from the network in the Markdown
     if EXTERNAL_MD.search(markdown):
         problems.append("a Markdown cell shows an image or script from an http(s) URL (Colab badges included): "
-                        "the book adds the Colab link itself; put images in the repository")
+                        "the Colab link is a plain Markdown link; put images in the repository")
     titled = [(LABEL.search(m["opts"]).group(1), m["title"].strip()) for m in exercises if LABEL.search(m["opts"])]
     return problems, teaching_notes(cells, titled)
 
@@ -222,6 +244,14 @@ def lint_sanitize(path: Path = SANITIZE) -> list[str]:
             problems.append(f"{path.name} [{name}] also matches plain numbers such as {hits[0]!r}: sanitize only "
                             "what changes on every run (times, addresses); tag training outputs per cell")
     return problems
+
+
+def _sanitizers(path: Path = SANITIZE) -> list:
+    """The (regex, replacement) pairs of notebooks/sanitize.cfg, as nbval applies them."""
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(path)
+    return [(re.compile(cfg[s]["regex"]), cfg[s].get("replace", "")) for s in cfg.sections()]
 
 
 def main(argv=None) -> int:

@@ -50,8 +50,9 @@ def _strip_markdown(src: str, inside: bool) -> tuple[str, bool, int]:
     return BLOCK.sub("", text).strip(), inside, removed
 
 
-def strip(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, int]:
-    """Return the notebook without solutions and outputs, and how many solutions were removed."""
+def strip(nb: nbformat.NotebookNode, keep_outputs: bool = False) -> tuple[nbformat.NotebookNode, int]:
+    """Return the notebook without solutions (and without outputs, unless ``keep_outputs``: the student edition of
+    the book shows the chapters' saved outputs), and how many solutions were removed."""
     cells, inside, removed, in_exercises = [], False, 0, False
     for cell in nb.cells:
         if cell.cell_type == "markdown":
@@ -67,7 +68,8 @@ def strip(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, int]:
             if in_exercises and HIDDEN_TAGS & set(cell.get("metadata", {}).get("tags", [])):
                 removed += 1  # the list style's folded solution cell
                 continue
-            cell.outputs, cell.execution_count = [], None
+            if not keep_outputs:
+                cell.outputs, cell.execution_count = [], None
         cells.append(cell)
     if inside:
         raise ValueError("a {solution-start} has no {solution-end}: the rest of the notebook would be dropped")

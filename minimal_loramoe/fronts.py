@@ -6,9 +6,11 @@ every learning rate of a grid bracketed per method (from "barely learns" to "bre
 largest SFT size; one point per (method, lr) = (task or new-content accuracy, knowledge kept). The curve through a
 method's best points is its *front*: at a given amount learned, how much knowledge the method keeps.
 
-Every run is stored on its own, as soon as it ends, in ``data/results/runs/<mix>/<method>/lr<lr>-seed<seed>.json``
+Every run is stored on its own, as soon as it ends, in a *run store* ``<root>/<mix>/<method>/lr<lr>-seed<seed>.json``
 (evaluations after each SFT size), so a grid can be extended, resumed after an interruption, and shared with
-``reproduce --scale full``. ``collect`` averages the stored runs into ``data/results/fronts_<mix>.json``::
+``reproduce --scale full``. ``collect`` averages the stored runs into ``fronts_<mix>.json``. By default both
+work in ``./runs/`` (the store ``runs/store``, the fronts ``runs/fronts_<mix>.json``); ``--store`` uses the
+committed store ``minimal_loramoe/data/results/runs`` and writes the committed ``fronts_<mix>.json`` beside it::
 
     {"mix": name, "sft_sizes": [...], "largest": N,
      "tradeoff": {method: {lr: {"knowledge": x, "downstream": y, "new_content": z,   # means over seeds, at N
@@ -27,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from .finetune import METHODS
+from . import resources
 from .reproduce import RESULTS_DIR, RUNS_DIR, SCALES, adapter_path, load_run, plot_curves, run_point
 from .world import MIXES
 
@@ -189,21 +192,29 @@ def main(argv=None):
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--keep-adapters", action="store_true",
                    help="keep each run's trained adapters beside it (for python -m minimal_loramoe.mechanism)")
-    c = sub.add_parser("collect", help="average the stored runs into data/results/fronts_<mix>.json")
+    c = sub.add_parser("collect", help="average the stored runs into fronts_<mix>.json")
     c.add_argument("--mix", nargs="+", choices=MIXES, default=list(MIXES))
-    c.add_argument("--figure", help="also draw the summary figure (needs data/results/reproduce_cpu.json)")
+    c.add_argument("--figure", help="also draw the summary figure (reads the committed reproduce_cpu.json)")
+    for q in (r, c):
+        q.add_argument("--root", help="the run store (default: runs/store)")
+        q.add_argument("--store", action="store_true", help=resources.STORE_HELP +
+                       ": the committed run store, and collect writes the committed fronts_<mix>.json")
     args = p.parse_args(argv)
+    root = resources.cli_out(args.root, args.store, RUNS_DIR, "store")
+    out_dir = RESULTS_DIR if args.store else resources.DEFAULT_OUT_DIR
     if args.command == "run":
         points = [(args.mix, m, lr, s) for s in args.seeds for m in args.methods for lr in (args.lrs or GRIDS[m])]
-        run_grid(points, args.workers, keep_adapters=args.keep_adapters)
+        run_grid(points, args.workers, root=root, keep_adapters=args.keep_adapters)
     else:
         for mix in args.mix:
-            out = collect(mix)
-            path = RESULTS_DIR / f"fronts_{mix}.json"
+            out = collect(mix, root=root)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            path = out_dir / f"fronts_{mix}.json"
             path.write_text(json.dumps(out, indent=1))
             print(f"{mix}: {sum(len(v) for v in out['tradeoff'].values())} points written to {path}")
         if args.figure:
-            load = lambda name: json.loads((RESULTS_DIR / name).read_text())  # noqa: E731
+            load = lambda name: json.loads(((out_dir if name.startswith("fronts") else RESULTS_DIR)  # noqa: E731
+                                            / name).read_text())
             summary_figure(load("reproduce_cpu.json"), load("fronts_easy.json"), load("fronts_cipher.json"),
                            args.figure)
             print(f"figure saved to {args.figure}")

@@ -10,11 +10,12 @@ from pathlib import Path
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
+from .resources import CHECKPOINT_DIR
 from .utils import get_device
 from .world import World, save_world_config, world_from_json
 
-# data/tiny_llama in the repository that holds this package (found for editable installs and git checkouts).
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "tiny_llama"
+# the shipped checkpoint: package data (minimal_loramoe/data/tiny_llama), found wherever the package is installed
+DEFAULT_CHECKPOINT = CHECKPOINT_DIR
 WORLD_CONFIG_FILE = "world_config.json"
 
 
@@ -34,13 +35,6 @@ def _resolve_checkpoint(path) -> Path:
     path = Path(path)
     if path.is_dir() and (path / WORLD_CONFIG_FILE).is_file():
         return path
-    # A non-editable pip install puts the package in site-packages, away from data/: also try the working
-    # directory (a notebook started inside the repository or one of its sub-folders).
-    if path == DEFAULT_CHECKPOINT:
-        for parent in [Path.cwd(), *Path.cwd().parents]:
-            candidate = parent / "data" / "tiny_llama"
-            if (candidate / WORLD_CONFIG_FILE).is_file():
-                return candidate
     raise FileNotFoundError(f"no tiny LLaMA checkpoint at {str(path)!r}; create it with "
                             f"`python -m minimal_loramoe.pretrain --out {path}` (about 2-3 minutes on a CPU)")
 

@@ -4,7 +4,8 @@ This stands in for the pretraining of a real LLM: afterwards the model "knows" t
 those of held-out countries, which it only read about in bios -- and has the plain-text skills, but has never
 seen the instruction format. Every batch is sampled fresh, so there are no epochs.
 
-    python -m minimal_loramoe.pretrain                  # rebuilds data/tiny_llama (the shipped checkpoint)
+    python -m minimal_loramoe.pretrain                  # -> runs/tiny_llama
+    python -m minimal_loramoe.pretrain --store          # rebuilds the shipped checkpoint minimal_loramoe/data/tiny_llama
     python -m minimal_loramoe.pretrain --steps 300 --out /tmp/tiny
 """
 import argparse
@@ -17,6 +18,7 @@ from tqdm import tqdm  # text bars: widget bars cannot render in the static book
 from transformers import LlamaForCausalLM
 
 from .evaluate import IGNORE_INDEX, knowledge_accuracy, task_accuracy
+from . import resources
 from .model import DEFAULT_CHECKPOINT, save_checkpoint, tiny_llama_config
 from .tokenizer import build_tokenizer
 from .utils import get_device, set_seed
@@ -85,7 +87,8 @@ def pretrain(world: World, tokenizer, steps: int = 600, batch_size: int = 64, lr
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Pretrain the tiny LLaMA on the synthetic world and save it.")
-    parser.add_argument("--out", default=str(DEFAULT_CHECKPOINT), help="checkpoint folder (default: %(default)s)")
+    parser.add_argument("--out", help="checkpoint folder (default: runs/tiny_llama)")
+    parser.add_argument("--store", action="store_true", help=resources.STORE_HELP)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -96,6 +99,7 @@ def main(argv=None):
     parser.add_argument("--samples", default=None, help="also write readable world samples to this folder")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
+    args.out = str(resources.cli_out(args.out, args.store, DEFAULT_CHECKPOINT, "tiny_llama"))
     if args.threads:
         torch.set_num_threads(args.threads)
     world = make_world(WorldConfig(seed=args.world_seed, qa_doc_fraction=args.qa_doc_fraction))

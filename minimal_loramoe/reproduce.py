@@ -9,15 +9,16 @@ content) for one or several seeds, and evaluated after 4k, 16k, 64k and 256k exa
 * downstream: exact-match accuracy on the four instruction tasks;
 * how far the base weights moved, and (LoRAMoE) the router weight on each expert group by sample type.
 
-Each method's learning rate comes from ``data/results/tuned_lr.json``, written by
+Each method's learning rate comes from ``minimal_loramoe/data/results/tuned_lr.json``, written by
 ``python -m minimal_loramoe.tune`` (the same grid and the same selection rule for every method, tuned once at 16k
 examples and then held fixed as the data grows, as a practitioner -- and the paper -- would). This answers "what
 happens as the SFT data grows under a fixed recipe"; :mod:`minimal_loramoe.fronts` answers "which method is better
 when each gets its best learning rate at the largest size".
 
 Scales: ``cpu`` (the default, the README's main job: full FT, LoRA and LoRAMoE, one seed, about 6 minutes on 2
-cores), ``full`` (every method, seeds 0-2: the committed ``data/results/reproduce_cpu.json``; its runs are kept in
-the run store ``data/results/runs/`` shared with the fronts, so a stored run is read, not re-run), ``gpu`` (up to
+cores), ``full`` (every method, seeds 0-2: the committed ``minimal_loramoe/data/results/reproduce_cpu.json``; its runs are
+kept in the run store ``minimal_loramoe/data/results/runs/`` shared with the fronts, so a stored run is read, not
+re-run; new runs go to ``runs/store`` unless ``--store``), ``gpu`` (up to
 1M examples) and ``tiny`` (a smoke test).
 """
 import argparse
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import resources
 from .evaluate import answer_accuracy, task_accuracy
 from .finetune import METHODS, SLIM_METHODS, FinetuneConfig, finetune, weight_change
 from .model import load_pretrained
@@ -37,9 +39,9 @@ from .routing import group_weight
 from .slim import dare_masked
 from .world import CIPHER, MIXES, knowledge_eval, new_content_eval, sft_dataset, task_eval
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "data" / "results"
+RESULTS_DIR = resources.RESULTS_DIR  # the committed results: package data (minimal_loramoe/data/results)
 TUNED_LR_FILE = RESULTS_DIR / "tuned_lr.json"
-RUNS_DIR = RESULTS_DIR / "runs"  # one JSON per (mix, method, lr, seed): the run store
+RUNS_DIR = resources.RUNS_DIR  # one JSON per (mix, method, lr, seed): the run store
 
 MAIN_METHODS = ("full_ft", "lora", "loramoe")
 # sizes (number of SFT examples), seeds, task-eval examples per task, default methods, and whether runs go through
@@ -109,7 +111,7 @@ def routing_set(world, n_per_task: int):
     return concatenate_datasets([knowledge_eval(world, "heldout", "instruction"), task_eval(world, n_per_task)])
 
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "tiny_llama"
+DEFAULT_CHECKPOINT = resources.CHECKPOINT_DIR
 
 
 def one_run(method, seed, lr, sizes, n_per_task=100, checkpoint=None, device=None, progress=False, threads=None,
@@ -346,7 +348,9 @@ def main(argv=None):
                         "runs then end together instead of leaving a core idle for the last one --, 1 on GPU)")
     p.add_argument("--threads", type=int, help="torch CPU threads of the main process (default: torch's choice)")
     p.add_argument("--only-stored", action="store_true",
-                   help="--scale full: summarise the runs already in data/results/runs, run nothing")
+                   help="--scale full: summarise the runs already in the committed run store, run nothing")
+    p.add_argument("--store", action="store_true", help="--scale full: " + resources.STORE_HELP +
+                   " (its run store; default: runs/store; --only-stored reads the committed one)")
     args = p.parse_args(argv)
     if args.only_stored and not SCALES[args.scale]["store"]:
         p.error("--only-stored needs a scale that uses the run store (full)")
@@ -359,7 +363,8 @@ def main(argv=None):
     t0 = time.time()
     raw = run_experiment(scale["sft_sizes"], seeds, methods, lrs, scale["n_per_task"], device=args.device,
                          workers=1 if args.only_stored else min(args.workers, len(seeds) * len(methods)), mix=args.mix,
-                         store=RUNS_DIR if scale["store"] else None, only_stored=args.only_stored)
+                         store=(RUNS_DIR if args.store or args.only_stored else resources.DEFAULT_OUT_DIR / "store")
+                         if scale["store"] else None, only_stored=args.only_stored)
     res = summarize(raw, scale["sft_sizes"], seeds, lrs)
     res["scale"], res["mix"], res["seconds"] = args.scale, args.mix, round(time.time() - t0, 1)
     print(format_table(res))

