@@ -21,12 +21,12 @@ else
     "$py" -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 fi
 # the package at its floors, and what the unit tests import besides (pytest, peft, nbformat, pyyaml at the pins)
-grep -E '^(pytest|peft)==' requirements.txt >> "$work/floors.txt"
+grep -E '^(pytest|pytest-xdist|peft)==' requirements.txt >> "$work/floors.txt"
 "$py" -m pip install -q -r "$work/floors.txt" nbformat pyyaml ".[smollm]" -c "$work/floors.txt"
 "$py" -m pip list 2>/dev/null | grep -Ei '^(torch|transformers|datasets|tokenizers|safetensors|matplotlib|tqdm|accelerate|numpy) '
 echo "floors_check: installed in $(( $(date +%s) - start )) s"
 rc=0
-(cd "$work" && OMP_NUM_THREADS=1 "$py" -m pytest -q -p no:cacheprovider "$OLDPWD/tests" -k "not chapter_gpu_path") || rc=$?
+(cd "$work" && OMP_NUM_THREADS=1 "$py" -m pytest -q -n 2 -p no:cacheprovider "$OLDPWD/tests" -m "not slow" -k "not chapter_gpu_path") || rc=$?
 [ "$rc" -ne 5 ] || { echo "floors_check: no test collected -- failing on purpose" >&2; exit 1; }
 echo "floors_check: exit $rc, $(( $(date +%s) - start )) s in all"
 exit "$rc"
