@@ -457,3 +457,11 @@ def test_run_point_on_the_codes_mix(model_and_tokenizer):
     last = point["evals"]["2"]
     assert set(last) == {"knowledge_kept", "new_content", "new_content_paraphrase", "kept"}
     assert all(0 <= last[k] <= 1 for k in smollm.MEASURES["codes"])
+
+
+@needs_model
+def test_generate_by_length_returns_the_answers_in_question_order(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    questions = ["What is the capital of Japan?", "Hi?", smollm.CODE_QUESTION.format(name="Vresdrax")]
+    plain = smollm.generate_answers(model, tok, questions, max_new_tokens=3, batch_size=2)
+    assert smollm.generate_answers(model, tok, questions, max_new_tokens=3, batch_size=2, by_length=True) == plain
