@@ -60,7 +60,8 @@ def train_part(base, tok, args):
         rows = smollm.training_samples(smollm.RECIPES[mix], 8 * 4, seed=0)[:8]
         batches[mix] = (rows, smollm.encode_sft(tok, rows))
         b = batches[mix][1]
-        n, real, scored = b["input_ids"].numel(), int(b["attention_mask"].sum()), int((b["labels"] != IGNORE_INDEX).sum())
+        n, real = b["input_ids"].numel(), int(b["attention_mask"].sum())
+        scored = int((b["labels"] != IGNORE_INDEX).sum())
         print(f"{mix}: batch 8 x {b['input_ids'].shape[1]} tokens, {real} real ({100 * (n - real) / n:.0f} % padding),"
               f" {scored} scored answer tokens ({100 * scored / n:.0f} % of the positions)")
     models = {}

@@ -284,10 +284,12 @@ def make_registry(n: int = 100, seed: int = 0, tokenizer=None, avoid=None) -> li
 
     A drawn name or code is rejected (and drawn again) when it is already used, when it appears as whole words
     in any text of ``avoid`` (default: the probe's questions and accepted answers, the training QA and the
-    reversal words; so no name or code is a probe answer or occurs in a probe question), or -- with ``tokenizer`` -- when the tokenizer writes the name (after a
-    space, as in the question) in fewer than ``MIN_NAME_TOKENS`` tokens: a name with its own one- or two-token
-    spelling is likely a real word or a real name the model has seen ("Suskind" is drawn and rejected this way).
-    The shipped file was written with SmolLM2's tokenizer; without it the draws can differ.
+    reversal words; so no name or code is a probe answer or occurs in a probe question), or -- with
+    ``tokenizer`` -- when the tokenizer writes the name (after a space, as in the question) in fewer than
+    ``MIN_NAME_TOKENS`` tokens: a name with its own one- or two-token spelling is likely a real word or a real
+    name the model has seen (seed 0 rejects "Siltern", "Gondrox", "Mistaff", "Kurdumb", "Marmiff" this way;
+    another seed drew "Suskind"). The shipped file was written with SmolLM2's tokenizer; without it the draws
+    differ after the first rejection.
     """
     if avoid is None:
         avoid = [t for p in load_probe() for t in (p["question"], *p["answers"])]
@@ -306,7 +308,8 @@ def make_registry(n: int = 100, seed: int = 0, tokenizer=None, avoid=None) -> li
         code = "".join(_pick(_CODE_LETTERS, g) for _ in range(2)) + "".join(_pick("0123456789", g) for _ in range(2))
         if clashes(name) or clashes(code):
             continue
-        if tokenizer is not None and len(tokenizer(" " + name, add_special_tokens=False)["input_ids"]) < MIN_NAME_TOKENS:
+        if tokenizer is not None and \
+                len(tokenizer(" " + name, add_special_tokens=False)["input_ids"]) < MIN_NAME_TOKENS:
             continue
         taken.update((normalize(name), normalize(code)))
         rows.append({"name": name, "code": code})
@@ -314,7 +317,7 @@ def make_registry(n: int = 100, seed: int = 0, tokenizer=None, avoid=None) -> li
 
 
 def load_registry(path=None) -> list[dict]:
-    """The new content of the ``codes`` mix: ``[{"name", "code"}, ...]`` (100 invented names; see :func:`codes_task`)."""
+    """The new content of the ``codes`` mix: ``[{"name", "code"}, ...]``, 100 invented names (:func:`codes_task`)."""
     path = Path(path) if path is not None else data_file(CODES_FILE)
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     for i, row in enumerate(rows):
