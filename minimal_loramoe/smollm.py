@@ -23,6 +23,9 @@ This module also holds the two data sets of the experiment and the few helpers i
 * world-knowledge QA for *training* (``minimal_loramoe/data/smollm2/knowledge_sft.jsonl``): other real facts, none of which
   shares a question or an answer with the probe; :func:`sft_mix` mixes them (type 1) with the task (type 0),
   the two sample types the localized balancing constraint needs;
+* new content for the second mix, ``codes`` (``data/smollm2/registry_codes.jsonl``): registry codes of 100
+  invented names ("What is the registry code of Vresdrax?" -> "LS82"), which no pretraining text holds, so the
+  model must learn them; :func:`codes_mix` mixes them (type 0) with the same world-knowledge QA (type 1);
 * ``encode_chat``: the chat-format batch encoder that the book's one fine-tuning loop
   (:func:`minimal_loramoe.finetune.sft_loop`) needs for this model, and ``train_sft``, a shortcut to that loop;
 * the experiment of chapter 10 as one command that writes the JSON the chapter reads (resumable, one point per
@@ -30,6 +33,7 @@ This module also holds the two data sets of the experiment and the few helpers i
 
       python -m minimal_loramoe.smollm run --methods full_ft lora loramoe --steps 160   # -> runs/smollm2.json
       python -m minimal_loramoe.smollm merge a.json b.json   # the files of runs made in parallel, into smollm2.json
+      python -m minimal_loramoe.smollm run --mix codes --steps 1000 ...   # the new-content mix: smollm2_codes.json
 
   Both write ``runs/smollm2.json`` by default; ``--store`` writes the committed
   ``minimal_loramoe/data/results/smollm2.json`` the chapter reads (maintainers).
@@ -223,7 +227,8 @@ def reversal_task(words: list[str], n: int, seed: int, min_words: int = 3, max_w
     return out
 
 
-def sft_mix(n: int, knowledge_fraction: float = 0.5, seed: int = 0, knowledge=None, words=None) -> list[dict]:
+def sft_mix(n: int, knowledge_fraction: float = 0.5, seed: int = 0, knowledge=None, words=None,
+            task=None) -> list[dict]:
     """``n`` typed SFT samples ``{"question", "answer", "type"}`` in a seeded random order.
 
     ``round(knowledge_fraction * n)`` are world-knowledge QA (type 1) from :func:`load_knowledge_sft`, taken
@@ -231,18 +236,127 @@ def sft_mix(n: int, knowledge_fraction: float = 0.5, seed: int = 0, knowledge=No
     reversal (type 0, :func:`reversal_task`). Both types are needed: the localized balancing constraint pushes
     the knowledge samples to one half of the experts and the task samples to the other (Dou et al., 2024,
     Sec. 3.3), and the paper's own SFT mix holds world-knowledge QA next to the downstream tasks.
+    ``task(k, seed)``: another type-0 task instead of word reversal (``k`` samples; see :func:`codes_mix`).
     """
     if not 0 <= knowledge_fraction <= 1:
         raise ValueError(f"knowledge_fraction must be in [0, 1], got {knowledge_fraction!r}")
     knowledge = load_knowledge_sft() if knowledge is None else knowledge
-    words = load_words() if words is None else words
+    words = load_words() if words is None and task is None else words
     g = torch.Generator().manual_seed(seed)
     n_know = round(knowledge_fraction * n)
     order = torch.cat([torch.randperm(len(knowledge), generator=g) for _ in range(-(-n_know // len(knowledge)))])
     rows = [{"question": knowledge[i]["question"], "answer": knowledge[i]["answer"], "type": 1}
             for i in order[:n_know].tolist()]
-    rows += [{**s, "type": 0} for s in reversal_task(words, n - n_know, seed=10_000 + seed)]
+    if task is None:
+        task = lambda k, s: reversal_task(words, k, seed=s)  # noqa: E731
+    rows += [{**s, "type": 0} for s in task(n - n_know, 10_000 + seed)]
     return [rows[i] for i in torch.randperm(n, generator=g).tolist()]
+
+
+# The new-content mix ("codes"): registry codes of invented names, which no pretraining text holds.
+
+CODES_FILE = "registry_codes.jsonl"
+CODE_QUESTION = "What is the registry code of {name}?"           # the only template trained on
+CODE_PARAPHRASE = "Under which code is {name} listed in the registry?"  # never trained on: the harder check
+# Invented names: onset + vowel + coda + onset + vowel + ending, e.g. "Vresdrax". Codes: two letters (no I or O,
+# which read as digits) and two digits, e.g. "KX47".
+_ONSETS = ("b", "d", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kr", "st", "tr", "vr")
+_VOWELS = ("a", "e", "i", "o", "u")
+_CODAS = ("l", "n", "r", "s", "v")
+_ENDINGS = ("x", "sk", "th", "nd", "rn", "lk", "mb", "zk", "ff", "rv")
+_CODE_LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"
+MIN_NAME_TOKENS = 3  # an invented name the tokenizer writes in fewer tokens is probably a real word or name
+
+
+def _pick(options, g: torch.Generator):
+    return options[int(torch.randint(len(options), (1,), generator=g))]
+
+
+def make_registry(n: int = 100, seed: int = 0, tokenizer=None, avoid=None) -> list[dict]:
+    """``n`` invented names with a registry code each, ``[{"name": "Vresdrax", "code": "KX47"}, ...]``, drawn
+    with a seeded generator: the deterministic code behind ``data/smollm2/registry_codes.jsonl``.
+
+    A drawn name or code is rejected (and drawn again) when it is already used, when it appears as whole words
+    in any text of ``avoid`` (default: the probe's questions and accepted answers, the training QA and the
+    reversal words; so no name or code is a probe answer or occurs in a probe question), or -- with
+    ``tokenizer`` -- when the tokenizer writes the name (after a space, as in the question) in fewer than
+    ``MIN_NAME_TOKENS`` tokens: a name with its own one- or two-token spelling is likely a real word or a real
+    name the model has seen (seed 0 rejects "Siltern", "Gondrox", "Mistaff", "Kurdumb", "Marmiff" this way;
+    another seed drew "Suskind"). The shipped file was written with SmolLM2's tokenizer; without it the draws
+    differ after the first rejection.
+    """
+    if avoid is None:
+        avoid = [t for p in load_probe() for t in (p["question"], *p["answers"])]
+        avoid += [t for r in load_knowledge_sft() for t in (r["question"], r["answer"])] + load_words()
+    avoid_norm = [normalize(t) for t in avoid]
+    taken = set()
+
+    def clashes(text: str) -> bool:
+        t = normalize(text)
+        return t in taken or any(f" {t} " in f" {a} " for a in avoid_norm)
+
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    while len(rows) < n:
+        name = "".join(_pick(x, g) for x in (_ONSETS, _VOWELS, _CODAS, _ONSETS, _VOWELS, _ENDINGS)).capitalize()
+        code = "".join(_pick(_CODE_LETTERS, g) for _ in range(2)) + "".join(_pick("0123456789", g) for _ in range(2))
+        if clashes(name) or clashes(code):
+            continue
+        if tokenizer is not None and \
+                len(tokenizer(" " + name, add_special_tokens=False)["input_ids"]) < MIN_NAME_TOKENS:
+            continue
+        taken.update((normalize(name), normalize(code)))
+        rows.append({"name": name, "code": code})
+    return rows
+
+
+def load_registry(path=None) -> list[dict]:
+    """The new content of the ``codes`` mix: ``[{"name", "code"}, ...]``, 100 invented names (:func:`codes_task`)."""
+    path = Path(path) if path is not None else data_file(CODES_FILE)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for i, row in enumerate(rows):
+        if not isinstance(row.get("name"), str) or not isinstance(row.get("code"), str) or not row["code"]:
+            raise ValueError(f"{path}: line {i + 1} needs a string 'name' and a non-empty string 'code'")
+    return rows
+
+
+def codes_task(registry=None, template: str = CODE_QUESTION) -> list[dict]:
+    """Every name of the registry once, as ``{"question": template with the name, "answer": its code}``.
+
+    What "learned" means for memorised content. A code cannot be inferred from a name, so there is no held-out
+    name to test on: a model can only know the codes it was trained on. As for the tiny world's cipher (all 676
+    codes trained and all evaluated), *new-content accuracy* is exact match (after :func:`normalize`) of the greedy
+    answer over **every name trained on**, asked with the training question (``CODE_QUESTION``): held out is the
+    answer, which the model must produce itself, not a prompt. The harder variant asks the same names with a
+    question never trained on (``CODE_PARAPHRASE``): whether the code is stored as a fact about the name or only
+    as the continuation of one prompt string. ``run_point`` records both (``new_content``,
+    ``new_content_paraphrase``); the base model scores 0 on both.
+    """
+    registry = load_registry() if registry is None else registry
+    return [{"question": template.format(name=r["name"]), "answer": r["code"]} for r in registry]
+
+
+def codes_mix(n: int, knowledge_fraction: float = 0.5, seed: int = 0, knowledge=None, registry=None) -> list[dict]:
+    """:func:`sft_mix` with new content: world-knowledge QA (type 1) and registry codes of invented names
+    (type 0, ``CODE_QUESTION`` only), each name about equally often (seeded permutations of the registry)."""
+    return sft_mix(n, knowledge_fraction, seed, knowledge, task=lambda k, s: _cycled(codes_task(registry), k, s))
+
+
+def _cycled(rows: list[dict], n: int, seed: int) -> list[dict]:
+    """``n`` rows taken through seeded random permutations of ``rows`` (each row about equally often)."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.cat([torch.randperm(len(rows), generator=g) for _ in range(-(-n // len(rows)))]) if n else []
+    return [rows[i] for i in order[:n].tolist()] if n else []
+
+
+MIXES = ("reversal", "codes")
+
+
+def mix_samples(mix: str, n: int, knowledge_fraction: float = 0.5, seed: int = 0) -> list[dict]:
+    """``n`` typed samples of the named mix: ``"reversal"`` (:func:`sft_mix`) or ``"codes"`` (:func:`codes_mix`)."""
+    if mix not in MIXES:
+        raise ValueError(f"mix must be one of {MIXES}, got {mix!r}")
+    return (sft_mix if mix == "reversal" else codes_mix)(n, knowledge_fraction, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -263,21 +377,33 @@ def chat_prompt(tokenizer, question: str) -> str:
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 16, batch_size: int = 32,
-                     progress: bool = False) -> list[str]:
-    """Greedy answers (decoded, special tokens removed, first line only) to ``questions`` in chat format."""
+                     progress: bool = False, by_length: bool = False) -> list[str]:
+    """Greedy answers (decoded, special tokens removed, first line only) to ``questions`` in chat format.
+
+    ``by_length``: batch the prompts in order of token length (answers still returned in the order of
+    ``questions``), so that each batch pads its prompts less. The prompts are padded on the left and masked, so
+    the answers are the same up to float rounding (matrices of other shapes); measured identical on every probe,
+    task and code prompt, base and fine-tuned (``benchmarks/smollm_breakdown.py``).
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = []
+    order = list(range(len(questions)))
+    if by_length:
+        lengths = [len(ids) for ids in tokenizer([chat_prompt(tokenizer, q) for q in questions],
+                                                 add_special_tokens=False)["input_ids"]]
+        order.sort(key=lambda i: lengths[i])
+    out = [None] * len(questions)
     for i in tqdm(range(0, len(questions), batch_size), desc="generate", disable=not progress):
-        prompts = [chat_prompt(tokenizer, q) for q in questions[i : i + batch_size]]
+        batch = order[i : i + batch_size]
+        prompts = [chat_prompt(tokenizer, questions[j]) for j in batch]
         # The chat template already wrote the special tokens, so the tokenizer must not add any.
         enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)
-        for row in ids[:, enc["input_ids"].shape[1]:]:
+        for j, row in zip(batch, ids[:, enc["input_ids"].shape[1]:]):
             text = tokenizer.decode(row, skip_special_tokens=True).strip()
-            out.append(text.split("\n")[0].strip())
+            out[j] = text.split("\n")[0].strip()
     model.train(was_training)
     return out
 
@@ -318,16 +444,19 @@ class ProbeResult:
 
 
 def evaluate_knowledge(model, tokenizer, probe: list[dict], max_new_tokens: int = 16, batch_size: int = 32,
-                       progress: bool = False) -> ProbeResult:
+                       progress: bool = False, by_length: bool = False) -> ProbeResult:
     """Ask every probe question (greedy generation) and score the answers with :func:`is_correct`."""
-    gen = generate_answers(model, tokenizer, [p["question"] for p in probe], max_new_tokens, batch_size, progress)
+    gen = generate_answers(model, tokenizer, [p["question"] for p in probe], max_new_tokens, batch_size, progress,
+                           by_length)
     return ProbeResult([is_correct(a, p["answers"]) for a, p in zip(gen, probe)], gen)
 
 
-def evaluate_task(model, tokenizer, samples: list[dict], batch_size: int = 32, progress: bool = False) -> float:
+def evaluate_task(model, tokenizer, samples: list[dict], batch_size: int = 32, progress: bool = False,
+                  by_length: bool = False) -> float:
     """Exact-match accuracy (after :func:`normalize`) of greedy answers on downstream-task samples."""
     longest = max(len(tokenizer(s["answer"], add_special_tokens=False)["input_ids"]) for s in samples)
-    gen = generate_answers(model, tokenizer, [s["question"] for s in samples], longest + 2, batch_size, progress)
+    gen = generate_answers(model, tokenizer, [s["question"] for s in samples], longest + 2, batch_size, progress,
+                           by_length)
     return sum(normalize(a) == normalize(s["answer"]) for a, s in zip(gen, samples)) / len(samples)
 
 
@@ -425,6 +554,28 @@ TEST_SEED = 2  # the task's test prompts; training draws its task samples with o
 RECIPE = dict(batch_size=8, knowledge_fraction=0.5, warmup_steps=10, schedule="constant", n_test=100,
               max_new_tokens=12, num_experts=6, rank=4, alpha=32, lbc_delta=0.1, lbc_beta=0.1,
               frozen="full_ft keeps the tied embedding matrix frozen (CPU time)")
+# What ``run`` accepts: the three methods of chapter 10, and gated LoRA -- the tiny world's control (one LoRA of
+# rank E*r times a learned per-token gate: a router without experts).
+RUN_METHODS = EXPERIMENT_METHODS + ("gated_lora",)
+
+# The new-content mix (``--mix codes``, issue #24): its own results file, recipe and grid. World-knowledge QA as
+# in the reversal mix (type 1), and the registry codes of the first ``n_names`` invented names (type 0; see
+# :func:`codes_task` for what new-content accuracy measures). The grid brackets each method around what learned
+# the codes in a prototype (full FT 3e-5, LoRAMoE 1e-3: ~0.97 of the codes after 400 steps), half a decade apart.
+CODES_RESULTS_FILE = RESULTS_FILE.with_name("smollm2_codes.json")
+CODES_RECIPE = {**{k: v for k, v in RECIPE.items() if k != "n_test"}, "mix": "codes", "n_names": 100}
+CODES_LR_GRID = {"full_ft": (1e-5, 3e-5, 1e-4), "lora": (3e-4, 1e-3, 3e-3), "loramoe": (3e-4, 1e-3, 3e-3),
+                 "gated_lora": (3e-4, 1e-3, 3e-3)}
+RECIPES = {"reversal": RECIPE, "codes": CODES_RECIPE}
+RESULTS_FILES = {"reversal": RESULTS_FILE, "codes": CODES_RESULTS_FILE}
+LR_GRIDS = {"reversal": LR_GRID, "codes": CODES_LR_GRID}
+# What each mix measures of its type-0 task (one accuracy per name, in every evaluation and point).
+MEASURES = {"reversal": ("task_accuracy",), "codes": ("new_content", "new_content_paraphrase")}
+
+
+def mix_of(recipe: dict) -> str:
+    """The mix a recipe trains on (chapter 10's recipe, written before there were two, is the reversal mix)."""
+    return recipe.get("mix", "reversal")
 
 
 def prepare(base, method: str, lr: float, seed: int, steps: int, recipe: dict = RECIPE):
@@ -433,8 +584,8 @@ def prepare(base, method: str, lr: float, seed: int, steps: int, recipe: dict = 
     Full fine-tuning trains every weight except the embedding matrix, which SmolLM2 ties to its output layer:
     28 M of its 134.5 M parameters, whose AdamW update costs CPU time on every step (79 % of the weights still train).
     """
-    if method not in EXPERIMENT_METHODS:
-        raise ValueError(f"method must be one of {EXPERIMENT_METHODS}, got {method!r}")
+    if method not in RUN_METHODS:
+        raise ValueError(f"method must be one of {RUN_METHODS}, got {method!r}")
     r = recipe
     config = FinetuneConfig(method=method, lr=lr, batch_size=r["batch_size"], steps=steps, seed=seed,
                             warmup_steps=r["warmup_steps"], schedule=r["schedule"], num_experts=r["num_experts"],
@@ -451,31 +602,53 @@ def task_test_set(n: int, exclude=()) -> list[dict]:
     return [s for s in reversal_task(load_words(), n, seed=TEST_SEED) if s["question"] not in exclude]
 
 
+def training_samples(recipe: dict, n: int, seed: int) -> list[dict]:
+    """The ``n`` typed training samples of a run of ``recipe``'s mix with ``seed``."""
+    if mix_of(recipe) == "codes":
+        return codes_mix(n, recipe["knowledge_fraction"], seed=seed, registry=load_registry()[:recipe["n_names"]])
+    return sft_mix(n, recipe["knowledge_fraction"], seed=seed)
+
+
+def type0_tests(recipe: dict, trained=()) -> dict:
+    """``{measure: samples}``: what an evaluation asks of the type-0 task of ``recipe``'s mix (see ``MEASURES``).
+
+    Reversal: ``n_test`` test prompts, none of the questions in ``trained``. Codes: every name trained on, with the
+    training question and with the paraphrase (:func:`codes_task`)."""
+    if mix_of(recipe) == "codes":
+        registry = load_registry()[:recipe["n_names"]]
+        return {"new_content": codes_task(registry), "new_content_paraphrase": codes_task(registry, CODE_PARAPHRASE)}
+    return {"task_accuracy": task_test_set(recipe["n_test"], exclude=trained)}
+
+
 def run_point(base, tokenizer, method: str, lr: float, seed: int, steps: int, known: list[dict],
               eval_steps=(), recipe: dict = RECIPE, progress: bool = False):
     """Fine-tune one copy of ``base`` on the typed mix and evaluate it: ``(model, point)``.
 
     ``point`` holds, after every step count of ``eval_steps`` and after ``steps``: the questions of ``known`` (those
-    the base model answered correctly) still answered correctly (``kept``: one 0/1 per question) and the task
-    accuracy on ``recipe["n_test"]`` test prompts; plus the training seconds (evaluation excluded) and the last losses.
-    For LoRAMoE the last evaluation also holds the mean gate weight of the knowledge group (experts < E/2, the
-    group the balancing constraint gives the type-1 samples) on the known questions and on the task prompts.
+    the base model answered correctly) still answered correctly (``kept``: one 0/1 per question) and what the mix
+    measures of its task (``MEASURES``): the task accuracy on ``recipe["n_test"]`` test prompts (reversal), or the
+    new-content accuracy with the training question and with the paraphrase (codes); plus the training seconds
+    (evaluation excluded) and the last losses. For LoRAMoE the last evaluation also holds the mean gate weight of
+    the knowledge group (experts < E/2, the group the balancing constraint gives the type-1 samples) on the known
+    questions and on the task prompts (codes: the code questions).
     """
     r = recipe
     checkpoints = sorted({*eval_steps, steps})
     if checkpoints[0] < 1 or checkpoints[-1] > steps:
         raise ValueError(f"eval_steps must lie in [1, steps={steps}], got {list(eval_steps)}")
     set_seed(seed)
-    mix = sft_mix(steps * r["batch_size"], r["knowledge_fraction"], seed=seed)
-    tests = task_test_set(r["n_test"], exclude=[s["question"] for s in mix])
+    mix = training_samples(r, steps * r["batch_size"], seed)
+    measures = type0_tests(r, trained=[s["question"] for s in mix])
+    tests = next(iter(measures.values()))  # the task prompts (codes: the training question)
     model, config = prepare(base, method, lr, seed, steps, r)
     evals, eval_seconds = {}, [0.0]
 
     def evaluate(m, n_seen):
         t = time.time()
         kept = evaluate_knowledge(m, tokenizer, known, max_new_tokens=r["max_new_tokens"])
-        evals[n_seen // r["batch_size"]] = {"knowledge_kept": kept.n_correct, "task_accuracy":
-                                            evaluate_task(m, tokenizer, tests), "kept": [int(c) for c in kept.correct]}
+        evals[n_seen // r["batch_size"]] = {"knowledge_kept": kept.n_correct,
+                                            **{k: evaluate_task(m, tokenizer, s) for k, s in measures.items()},
+                                            "kept": [int(c) for c in kept.correct]}
         eval_seconds[0] += time.time() - t
 
     t0 = time.time()
@@ -489,19 +662,21 @@ def run_point(base, tokenizer, method: str, lr: float, seed: int, steps: int, kn
                                    for kind, qs in (("knowledge", [p["question"] for p in known]),
                                                     ("task", [s["question"] for s in tests]))}
     point = {"method": method, "lr": lr, "seed": seed, "steps": steps, "n_known": len(known),
-             "knowledge_kept": last["knowledge_kept"], "task_accuracy": last["task_accuracy"],
+             "knowledge_kept": last["knowledge_kept"], **{k: last[k] for k in measures},
              "train_seconds": round(seconds, 1), "s_per_step": round(seconds / steps, 3),
-             "eval_seconds": round(eval_seconds[0], 1), "n_test": len(tests),
+             "eval_seconds": round(eval_seconds[0], 1),
+             **({"n_names": len(tests)} if mix_of(r) == "codes" else {"n_test": len(tests)}),
              "loss_last20": sum(history["loss"][-20:]) / len(history["loss"][-20:]),
              "lbc_last20": sum(history["lbc"][-20:]) / len(history["lbc"][-20:]) if history["lbc"] else None,
              "evals": {str(k): v for k, v in sorted(evals.items())}}
     return model, point
 
 
-def load_results(path=None) -> dict:
-    """The committed results of the long run (``minimal_loramoe/data/results/smollm2.json``), as :func:`run_experiment` writes them."""
+def load_results(path=None, mix: str = "reversal") -> dict:
+    """The committed results of the long run (``minimal_loramoe/data/results/smollm2.json``; ``mix="codes"``:
+    ``smollm2_codes.json``), as :func:`run_experiment` writes them."""
     if path is None:
-        path = data_file(RESULTS_FILE.name, RESULTS_FILE.parent)
+        path = data_file(RESULTS_FILES[mix].name, RESULTS_FILES[mix].parent)
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
@@ -532,7 +707,8 @@ def run_experiment(points, steps: int, out, eval_steps=(), recipe: dict = RECIPE
 
     Resumable: the file is rewritten after each point, so a killed run keeps what it finished, and a rerun skips
     the points already there (same method, lr, seed and steps). All points of one file share ``recipe`` and the
-    base model's evaluation (which probe questions it knows): a file written with another recipe is refused.
+    base model's evaluation (which probe questions it knows): a file written with another recipe is refused, so
+    the two mixes (``RECIPES``) can never share a file.
     """
     out = Path(out)
     results = load_results(out) if out.is_file() else {}
@@ -544,7 +720,7 @@ def run_experiment(points, steps: int, out, eval_steps=(), recipe: dict = RECIPE
         before = evaluate_knowledge(base, tok, probe, max_new_tokens=recipe["max_new_tokens"])
         results = {"recipe": recipe, "base": {
             "n_probe": len(probe), "known": [i for i, ok in enumerate(before.correct) if ok],
-            "task_accuracy": evaluate_task(base, tok, task_test_set(recipe["n_test"]))},
+            **{k: evaluate_task(base, tok, tests) for k, tests in type0_tests(recipe).items()}},
             "machine": {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__},
             "points": []}
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -558,8 +734,9 @@ def run_experiment(points, steps: int, out, eval_steps=(), recipe: dict = RECIPE
         results["points"].append(point)
         _write(out, results)
         if verbose:
+            learned = ", ".join(f"{k} {point[k]:.2f}" for k in MEASURES[mix_of(recipe)])
             print(f"{method} lr {lr:g} seed {seed}: knowledge kept {point['knowledge_kept']}/{len(known)}, "
-                  f"task {point['task_accuracy']:.2f}, {point['s_per_step']:.2f} s/step", flush=True)
+                  f"{learned}, {point['s_per_step']:.2f} s/step", flush=True)
     return results
 
 
@@ -591,14 +768,18 @@ def merge_results(paths, out) -> dict:
 
 
 def results_table(results: dict) -> str:
-    """The points of a results file as a text table, one line per (method, lr, seed, steps)."""
-    lines = [f"{'method':<8} {'lr':>7} {'seed':>4} {'steps':>5}  {'knowledge kept':>14}  {'task acc.':>9}  "
-             f"{'s/step':>6}"]
+    """The points of a results file as a text table, one line per (method, lr, seed, steps); the columns of what
+    was learned follow the file's mix (task accuracy, or new-content accuracy and its paraphrase variant)."""
+    heads = {"task_accuracy": "task acc.", "new_content": "new content", "new_content_paraphrase": "paraphrase"}
+    measures = [(k, max(9, len(heads[k]))) for k in MEASURES[mix_of(results["recipe"])]]
+    w = max([8] + [len(p["method"]) for p in results["points"]])
+    lines = [f"{'method':<{w}} {'lr':>7} {'seed':>4} {'steps':>5}  {'knowledge kept':>14}  "
+             + "".join(f"{heads[k]:>{n}}  " for k, n in measures) + f"{'s/step':>6}"]
     for p in sorted(results["points"],
-                    key=lambda p: (EXPERIMENT_METHODS.index(p["method"]), p["lr"], p["steps"], p["seed"])):
-        lines.append(f"{p['method']:<8} {p['lr']:>7.0e} {p['seed']:>4} {p['steps']:>5}  "
+                    key=lambda p: (RUN_METHODS.index(p["method"]), p["lr"], p["steps"], p["seed"])):
+        lines.append(f"{p['method']:<{w}} {p['lr']:>7.0e} {p['seed']:>4} {p['steps']:>5}  "
                      f"{p['knowledge_kept']:>4}/{p['n_known']:<3} {p['knowledge_kept'] / p['n_known']:>5.2f}  "
-                     f"{p['task_accuracy']:>9.2f}  {p['s_per_step']:>6.2f}")
+                     + "".join(f"{p[k]:>{n}.2f}  " for k, n in measures) + f"{p['s_per_step']:>6.2f}")
     return "\n".join(lines)
 
 
@@ -606,37 +787,52 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m minimal_loramoe.smollm",
                                 description="Chapter 10's experiment on SmolLM2-135M (writes JSON).")
     sub = p.add_subparsers(dest="command", required=True)
+    mix_help = (f"the SFT mix, one of {MIXES}: world-knowledge QA with word reversal (chapter 10; results in "
+                f"{RESULTS_FILE.name}) or with the registry codes of invented names, new content "
+                f"({CODES_RESULTS_FILE.name}); default reversal. Sets the default --out, the recipe and the grid")
     r = sub.add_parser("run", help="fine-tune and evaluate every (method, lr, seed) not yet in --out")
-    r.add_argument("--methods", nargs="+", choices=EXPERIMENT_METHODS, default=list(EXPERIMENT_METHODS))
-    r.add_argument("--lrs", nargs="+", type=float, help="learning rates for every method (default: LR_GRID's)")
+    r.add_argument("--mix", choices=MIXES, default="reversal", help=mix_help)
+    r.add_argument("--methods", nargs="+", choices=RUN_METHODS,
+                   help="default: the methods of the mix's grid (LR_GRIDS[mix]; reversal: no gated_lora)")
+    r.add_argument("--lrs", nargs="+", type=float, help="learning rates for every method (default: LR_GRIDS[mix]'s)")
     r.add_argument("--seeds", nargs="+", type=int, default=[0])
     r.add_argument("--steps", type=int, required=True)
     r.add_argument("--eval-steps", nargs="*", type=int, default=[], help="also evaluate after these steps")
     r.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    r.add_argument("--out", help="results file (default: runs/smollm2.json; resumed if it exists)")
+    r.add_argument("--out", help="results file (default: runs/<the mix's file name>; resumed if it exists)")
     r.add_argument("--store", action="store_true", help=resources.STORE_HELP)
     r.add_argument("--no-progress", action="store_true", help="no progress bar (a log file stays readable)")
     s = sub.add_parser("show", help="print the table of a results file")
-    s.add_argument("--out", help="results file (default: the committed one the chapter reads)")
+    s.add_argument("--mix", choices=MIXES, default="reversal", help="whose committed results file to show")
+    s.add_argument("--out", help="results file (default: the mix's committed one, which the chapter reads)")
     m = sub.add_parser("merge", help="merge the files of runs made in parallel into --out")
     m.add_argument("files", nargs="+")
-    m.add_argument("--out", help="results file to add the points to (default: runs/smollm2.json)")
+    m.add_argument("--mix", choices=MIXES, default="reversal", help="whose results file to merge into")
+    m.add_argument("--out", help="results file to add the points to (default: runs/<the mix's file name>)")
     m.add_argument("--store", action="store_true", help=resources.STORE_HELP)
     args = p.parse_args(argv)
-    if args.command != "show":
-        args.out = str(resources.cli_out(args.out, args.store, RESULTS_FILE, RESULTS_FILE.name))
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    committed = RESULTS_FILES[args.mix]
     if args.command == "show":
-        print(results_table(load_results(args.out)))
+        out = args.out or str(committed)
+    else:
+        out = str(resources.cli_out(args.out, args.store, committed, committed.name))
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if args.command == "show":
+        print(results_table(load_results(out)))
         return
     if args.command == "merge":
-        print(results_table(merge_results(args.files, args.out)))
+        print(results_table(merge_results(args.files, out)))
         return
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    grid = LR_GRIDS[args.mix]
+    methods = args.methods or list(grid)
+    if not args.lrs and any(m not in grid for m in methods):
+        p.error(f"--lrs: the {args.mix} mix has no grid for {[m for m in methods if m not in grid]}; give the rates")
     torch.set_num_threads(args.threads)
-    points = [(m, lr, seed) for seed in args.seeds for m in args.methods for lr in (args.lrs or LR_GRID[m])]
-    print(results_table(run_experiment(points, args.steps, args.out, args.eval_steps, progress=not args.no_progress)))
+    points = [(m, lr, seed) for seed in args.seeds for m in methods for lr in (args.lrs or grid[m])]
+    print(results_table(run_experiment(points, args.steps, out, args.eval_steps, recipe=RECIPES[args.mix],
+                                       progress=not args.no_progress)))
 
 
 if __name__ == "__main__":

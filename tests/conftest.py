@@ -1,6 +1,15 @@
-import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+"""Shared fixtures. One CPU thread per test process: the README's test command runs two pytest workers on two
+cores, and two workers with two torch threads each slow the small models down many times over."""
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ cache); without either they are skipped. The first run converts the GGUF file an
 """
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -316,3 +317,155 @@ def test_run_point_trains_a_copy_and_evaluates_along_the_way(model_and_tokenizer
     assert point["n_test"] == 4 and point["lbc_last20"] is not None and point["train_seconds"] > 0
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the base model is untouched
     assert trained is not model
+
+
+# ---------------------------------------------------------------- the new-content mix ("codes", issue #24)
+
+def _registry_rows(registry):
+    """The registry as QA rows, both templates: what the codes mix trains on and what its evaluation asks."""
+    return smollm.codes_task(registry) + smollm.codes_task(registry, smollm.CODE_PARAPHRASE)
+
+
+def test_registry_file_is_well_formed():
+    import re
+
+    reg = smollm.load_registry()
+    assert len(reg) == smollm.CODES_RECIPE["n_names"] == 100
+    assert len({r["name"] for r in reg}) == len({r["code"] for r in reg}) == 100
+    assert all(re.fullmatch(r"[A-HJ-NP-Z]{2}[0-9]{2}", r["code"]) for r in reg)
+    assert all(re.fullmatch(r"[A-Z][a-z]{5,}", r["name"]) for r in reg)
+    assert not {r["name"].lower() for r in reg} & set(smollm.load_words())
+
+
+def test_registry_does_not_touch_the_probe_or_the_knowledge_qa():
+    reg, probe, facts = smollm.load_registry(), smollm.load_probe(), smollm.load_knowledge_sft()
+    rows = _registry_rows(reg)
+    # no probe question and no accepted probe answer anywhere in a code question, paraphrase or code ...
+    assert smollm.probe_leaks(rows, probe) == []
+    # ... no name or code anywhere in the probe (questions or accepted answers) ...
+    probe_texts = [t for p in probe for t in (p["question"], *p["answers"])]
+    assert not [r for r in reg for t in probe_texts if is_correct(t, [r["name"], r["code"]])]
+    # ... and the same both ways against the world-knowledge QA trained beside the codes
+    fact_texts = [t for f in facts for t in (f["question"], f["answer"])]
+    assert not [r for r in reg for t in fact_texts if is_correct(t, [r["name"], r["code"]])]
+    assert not [r for r in rows for f in facts if is_correct(r["question"] + " " + r["answer"], [f["answer"]])]
+    # the check finds a planted name that is a probe answer
+    planted = smollm.codes_task([{"name": "Paris", "code": "KX47"}])
+    assert smollm.probe_leaks(planted, probe) == planted
+
+
+def test_make_registry_is_seeded_and_avoids_what_it_is_told():
+    a = smollm.make_registry(20, seed=1, avoid=[])
+    assert a == smollm.make_registry(20, seed=1, avoid=[]) != smollm.make_registry(20, seed=2, avoid=[])
+    b = smollm.make_registry(20, seed=1, avoid=[f"Who is {a[0]['name']}?", a[1]["code"]])
+    assert a[0]["name"] not in {r["name"] for r in b} and a[1]["code"] not in {r["code"] for r in b}
+
+
+def test_codes_mix_is_typed_seeded_and_balanced():
+    reg = smollm.load_registry()
+    mix = smollm.codes_mix(400, knowledge_fraction=0.5, seed=3)
+    assert mix == smollm.mix_samples("codes", 400, 0.5, seed=3) != smollm.codes_mix(400, 0.5, seed=4)
+    assert sum(s["type"] for s in mix) == 200
+    code_of = {smollm.CODE_QUESTION.format(name=r["name"]): r["code"] for r in reg}
+    new = [s for s in mix if s["type"] == 0]
+    assert all(code_of[s["question"]] == s["answer"] for s in new)  # the training question only
+    assert set(Counter(s["question"] for s in new).values()) == {2}  # 200 draws: every name exactly twice
+    paraphrases = {r["question"] for r in smollm.codes_task(reg, smollm.CODE_PARAPHRASE)}
+    assert not paraphrases & {s["question"] for s in mix}  # the paraphrase is never trained on
+    assert smollm.mix_samples("reversal", 50, seed=1) == smollm.sft_mix(50, seed=1)
+    with pytest.raises(ValueError, match="mix must be one of"):
+        smollm.mix_samples("cipher", 10)
+
+
+def test_type0_tests_of_each_mix():
+    rev = smollm.type0_tests(smollm.RECIPE)
+    assert list(rev) == ["task_accuracy"] and len(rev["task_accuracy"]) == 100
+    codes = smollm.type0_tests({**smollm.CODES_RECIPE, "n_names": 5})
+    assert list(codes) == list(smollm.MEASURES["codes"]) and all(len(v) == 5 for v in codes.values())
+    assert [s["answer"] for s in codes["new_content"]] == [s["answer"] for s in codes["new_content_paraphrase"]]
+    assert smollm.mix_of(smollm.RECIPE) == "reversal" and smollm.mix_of(smollm.CODES_RECIPE) == "codes"
+    mix = smollm.training_samples({**smollm.CODES_RECIPE, "n_names": 5}, 40, seed=0)
+    assert {s["question"] for s in mix if s["type"] == 0} == {s["question"] for s in codes["new_content"]}
+
+
+def test_gated_lora_is_an_experiment_method(tiny_llama):
+    model, config = smollm.prepare(tiny_llama, "gated_lora", lr=1e-3, seed=0, steps=4,
+                                   recipe=smollm.CODES_RECIPE)
+    assert config.method == "gated_lora" and smollm._method_of(model) == "gated_lora"
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".mlp." in n for n in trainable)
+    assert "gated_lora" in smollm.CODES_LR_GRID and "gated_lora" not in smollm.LR_GRID
+    assert all(len(rates) >= 3 for rates in smollm.CODES_LR_GRID.values())
+
+
+def test_codes_results_live_in_their_own_file(tmp_path, monkeypatch):
+    def fake_run_point(base, tok, method, lr, seed, steps, known, eval_steps, recipe, progress):
+        return None, {**_fake_point(method, lr, seed, steps), "new_content": 0.75, "new_content_paraphrase": 0.5}
+
+    monkeypatch.setattr(smollm, "load_smollm2", lambda: (None, None))
+    monkeypatch.setattr(smollm, "evaluate_knowledge", lambda *a, **k: smollm.ProbeResult(
+        [True, False] * 44, [""] * 88))
+    monkeypatch.setattr(smollm, "evaluate_task", lambda *a, **k: 0.0)
+    monkeypatch.setattr(smollm, "run_point", fake_run_point)
+    out = tmp_path / "codes.json"
+    res = smollm.run_experiment([("gated_lora", 1e-3, 0), ("full_ft", 3e-5, 0)], steps=5, out=out,
+                                recipe=smollm.CODES_RECIPE, progress=False, verbose=False)
+    assert res["base"]["new_content"] == res["base"]["new_content_paraphrase"] == 0.0
+    assert "task_accuracy" not in res["base"] and res["recipe"]["mix"] == "codes"
+    table = smollm.results_table(smollm.load_results(out))
+    assert "new content  paraphrase" in table.splitlines()[0]
+    assert "gated_lora   1e-03    0     5" in table and table.index("full_ft") < table.index("gated_lora")
+    with pytest.raises(ValueError, match="another recipe"):  # a reversal run cannot write into the codes file
+        smollm.run_experiment([("lora", 1e-3, 0)], steps=5, out=out, recipe=smollm.RECIPE)
+
+
+def test_cli_picks_the_mix_grid_and_file(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the default results file is ./runs/<the mix's file name>
+    calls = []
+    monkeypatch.setattr(smollm, "run_experiment", lambda points, steps, out, eval_steps, recipe, progress:
+                        calls.append((points, out, recipe)) or {"recipe": recipe, "points": []})
+    smollm.main(["run", "--mix", "codes", "--steps", "3", "--methods", "gated_lora", "full_ft"])
+    points, out, recipe = calls[-1]
+    assert out == str(Path("runs") / smollm.CODES_RESULTS_FILE.name) and recipe == smollm.CODES_RECIPE
+    assert points == [("gated_lora", lr, 0) for lr in smollm.CODES_LR_GRID["gated_lora"]] + \
+        [("full_ft", lr, 0) for lr in smollm.CODES_LR_GRID["full_ft"]]
+    smollm.main(["run", "--mix", "codes", "--steps", "3", "--methods", "lora", "--store"])
+    assert calls[-1][1] == str(smollm.CODES_RESULTS_FILE)  # --store: the committed file
+    smollm.main(["run", "--steps", "3"])  # the default stays chapter 10's reversal grid and file
+    points, out, recipe = calls[-1]
+    assert out == str(Path("runs") / smollm.RESULTS_FILE.name) and recipe == smollm.RECIPE
+    assert {m for m, _, _ in points} == set(smollm.EXPERIMENT_METHODS)
+    with pytest.raises(SystemExit):  # no reversal grid for gated_lora: the rates must be given
+        smollm.main(["run", "--steps", "3", "--methods", "gated_lora"])
+    smollm.main(["run", "--steps", "3", "--methods", "gated_lora", "--lrs", "1e-3"])
+    assert calls[-1][0] == [("gated_lora", 1e-3, 0)]
+
+
+@needs_model
+def test_registry_names_are_invented_and_unknown_to_the_base_model(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    # the shipped file is what the generator writes with SmolLM2's tokenizer; every name takes >= 3 tokens
+    assert smollm.make_registry(100, seed=0, tokenizer=tok) == smollm.load_registry()
+    assert all(len(tok(" " + r["name"], add_special_tokens=False)["input_ids"]) >= smollm.MIN_NAME_TOKENS
+               for r in smollm.load_registry())
+    assert smollm.evaluate_task(model, tok, smollm.codes_task(smollm.load_registry()[:8])) == 0.0
+
+
+@needs_model
+def test_run_point_on_the_codes_mix(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    recipe = {**smollm.CODES_RECIPE, "n_names": 4}
+    _, point = smollm.run_point(model, tok, "gated_lora", 1e-3, seed=0, steps=2, known=smollm.load_probe()[:2],
+                                recipe=recipe)
+    assert point["n_names"] == 4 and "task_accuracy" not in point and "n_test" not in point
+    last = point["evals"]["2"]
+    assert set(last) == {"knowledge_kept", "new_content", "new_content_paraphrase", "kept"}
+    assert all(0 <= last[k] <= 1 for k in smollm.MEASURES["codes"])
+
+
+@needs_model
+def test_generate_by_length_returns_the_answers_in_question_order(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    questions = ["What is the capital of Japan?", "Hi?", smollm.CODE_QUESTION.format(name="Vresdrax")]
+    plain = smollm.generate_answers(model, tok, questions, max_new_tokens=3, batch_size=2)
+    assert smollm.generate_answers(model, tok, questions, max_new_tokens=3, batch_size=2, by_length=True) == plain
