@@ -23,7 +23,7 @@ This module also holds the two data sets of the experiment and the few helpers i
 * world-knowledge QA for *training* (``minimal_loramoe/data/smollm2/knowledge_sft.jsonl``): other real facts, none of which
   shares a question or an answer with the probe; :func:`sft_mix` mixes them (type 1) with the task (type 0),
   the two sample types the localized balancing constraint needs;
-* new content for the second mix, ``codes`` (``data/smollm2/registry_codes.jsonl``): registry codes of 100
+* new content for the second mix, ``codes`` (``minimal_loramoe/data/smollm2/registry_codes.jsonl``): registry codes of 100
   invented names ("What is the registry code of Vresdrax?" -> "LS82"), which no pretraining text holds, so the
   model must learn them; :func:`codes_mix` mixes them (type 0) with the same world-knowledge QA (type 1);
 * ``encode_chat``: the chat-format batch encoder that the book's one fine-tuning loop
@@ -274,7 +274,7 @@ def _pick(options, g: torch.Generator):
 
 def make_registry(n: int = 100, seed: int = 0, tokenizer=None, avoid=None) -> list[dict]:
     """``n`` invented names with a registry code each, ``[{"name": "Vresdrax", "code": "KX47"}, ...]``, drawn
-    with a seeded generator: the deterministic code behind ``data/smollm2/registry_codes.jsonl``.
+    with a seeded generator: the deterministic code behind ``minimal_loramoe/data/smollm2/registry_codes.jsonl``.
 
     A drawn name or code is rejected (and drawn again) when it is already used, when it appears as whole words
     in any text of ``avoid`` (default: the probe's questions and accepted answers, the training QA and the

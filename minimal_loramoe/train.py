@@ -1,6 +1,6 @@
 """Fine-tune any Hugging Face causal LM with LoRAMoE (or any method of the book): ``python -m minimal_loramoe.train``.
 
-    python -m minimal_loramoe.train --model data/tiny_llama --data sft.jsonl --method loramoe --out runs/a
+    python -m minimal_loramoe.train --model minimal_loramoe/data/tiny_llama --data sft.jsonl --method loramoe --out runs/a
     accelerate launch --num_processes 2 -m minimal_loramoe.train ...    # the same run on 2 processes (DDP)
 
 The data is a jsonl file with one sample per line, ``{"prompt": "...", "answer": "...", "type": 1}``: type 1 = a

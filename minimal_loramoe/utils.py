@@ -29,32 +29,30 @@ def _umask_mode(path) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
-def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename: a reader (or a crash)
-    sees the old file or the new one, never half of one."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        _umask_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_save_file(tensors: dict, path, metadata: dict | None = None) -> None:
-    """``safetensors.torch.save_file`` through a temporary file in the same folder and a rename (as above)."""
+def _atomic(path, write) -> None:
+    """``write(tmp)`` into a temporary file in ``path``'s folder, then rename it to ``path``: a reader (or a crash)
+    sees the old file or the new one, never half of one. The temporary file is removed on any error."""
     path = os.fspath(path)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=os.path.basename(path))
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        write(tmp)
         _umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (``_atomic``)."""
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    _atomic(path, write)
+
+
+def atomic_save_file(tensors: dict, path, metadata: dict | None = None) -> None:
+    """``safetensors.torch.save_file`` to ``path`` atomically (``_atomic``)."""
+    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
