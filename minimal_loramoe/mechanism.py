@@ -25,7 +25,7 @@ from .inject import adapter_layers, load_loramoe
 from .loramoe import LoRAMoELinear
 from .lora import GatedLoRALinear
 from .model import load_pretrained
-from .reproduce import DEFAULT_CHECKPOINT, RESULTS_DIR, RUNS_DIR, adapter_path
+from .reproduce import DEFAULT_CHECKPOINT, RUNS_DIR, adapter_path
 from .routing import force_group, group_weight
 from .world import CIPHER, MIXES, knowledge_eval, new_content_eval, task_eval
 
@@ -135,7 +135,10 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", choices=MEASURED, default=list(MEASURED))
     p.add_argument("--out", help="JSON to write (default: print only)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = p.parse_args(argv)
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        p.error(f"--out {args.out!r} exists: pass --overwrite to replace it")
     torch.set_num_threads(1)
     res = measure(args.mix, args.lr, args.seeds, args.methods)
     if args.out:

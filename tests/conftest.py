@@ -19,3 +19,21 @@ def tiny_llama():
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def world_sft_file():
+    """``world_sft_file(tmp_path_factory, n)`` writes ``n`` typed samples of the tiny world (30 % knowledge
+    questions, type 1) as a jsonl file and returns its path."""
+    import json
+
+    from minimal_loramoe.model import load_pretrained
+    from minimal_loramoe.world import sft_dataset
+
+    def write(tmp_path_factory, n: int):
+        _, _, world = load_pretrained()
+        path = tmp_path_factory.mktemp("data") / "sft.jsonl"
+        rows = sft_dataset(world, n, knowledge_fraction=0.3, seed=0)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+    return write

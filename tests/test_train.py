@@ -19,7 +19,6 @@ from safetensors.torch import load_file
 from minimal_loramoe import adapter_layers, train
 from minimal_loramoe.evaluate import answer_loss, encode_examples
 from minimal_loramoe.model import DEFAULT_CHECKPOINT, load_pretrained
-from minimal_loramoe.world import sft_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 COMMON = ["--model", str(DEFAULT_CHECKPOINT), "--steps", "6", "--lr", "1e-3", "--warmup-steps", "2", "--cpu",
@@ -27,13 +26,9 @@ COMMON = ["--model", str(DEFAULT_CHECKPOINT), "--steps", "6", "--lr", "1e-3", "-
 
 
 @pytest.fixture(scope="module")
-def sft_file(tmp_path_factory):
+def sft_file(tmp_path_factory, world_sft_file):
     """64 typed samples of the tiny world (30 % knowledge questions, type 1) as jsonl."""
-    _, _, world = load_pretrained()
-    path = tmp_path_factory.mktemp("data") / "sft.jsonl"
-    rows = sft_dataset(world, 64, knowledge_fraction=0.3, seed=0)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return world_sft_file(tmp_path_factory, 64)
 
 
 @pytest.fixture(scope="module")

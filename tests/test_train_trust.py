@@ -88,13 +88,9 @@ def make_model(tmp_path_factory, tokenizer):
 
 
 @pytest.fixture(scope="module")
-def sft_file(tmp_path_factory):
+def sft_file(tmp_path_factory, world_sft_file):
     """32 typed samples of the tiny world as jsonl."""
-    _, _, world = load_pretrained()
-    path = tmp_path_factory.mktemp("data") / "sft.jsonl"
-    rows = sft_dataset(world, 32, knowledge_fraction=0.3, seed=0)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return world_sft_file(tmp_path_factory, 32)
 
 
 def run(model, data, out, *extra):
