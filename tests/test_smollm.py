@@ -248,6 +248,15 @@ def test_prepare_refuses_other_methods():
         smollm.prepare(None, "slim", lr=1e-3, seed=0, steps=1)
 
 
+def _without_the_model(monkeypatch, fake_run_point):
+    """run_experiment without SmolLM2: no model, a fixed probe result (44 of 88 known), ``fake_run_point``."""
+    monkeypatch.setattr(smollm, "load_smollm2", lambda: (None, None))
+    monkeypatch.setattr(smollm, "evaluate_knowledge", lambda *a, **k: smollm.ProbeResult(
+        [True, False] * 44, [""] * 88))
+    monkeypatch.setattr(smollm, "evaluate_task", lambda *a, **k: 0.0)
+    monkeypatch.setattr(smollm, "run_point", fake_run_point)
+
+
 def _fake_point(method, lr, seed, steps):
     return {"method": method, "lr": lr, "seed": seed, "steps": steps, "n_known": 2, "knowledge_kept": 1,
             "task_accuracy": 0.5, "s_per_step": 1.0, "evals": {}}
@@ -260,11 +269,7 @@ def test_run_experiment_resumes_and_refuses_another_recipe(tmp_path, monkeypatch
         calls.append((method, lr, seed))
         return None, _fake_point(method, lr, seed, steps)
 
-    monkeypatch.setattr(smollm, "load_smollm2", lambda: (None, None))
-    monkeypatch.setattr(smollm, "evaluate_knowledge", lambda *a, **k: smollm.ProbeResult(
-        [True, False] * 44, [""] * 88))
-    monkeypatch.setattr(smollm, "evaluate_task", lambda *a, **k: 0.0)
-    monkeypatch.setattr(smollm, "run_point", fake_run_point)
+    _without_the_model(monkeypatch, fake_run_point)
     out = tmp_path / "r.json"
     smollm.run_experiment([("lora", 1e-3, 0), ("loramoe", 1e-3, 0)], steps=5, out=out, progress=False, verbose=False)
     assert calls == [("lora", 1e-3, 0), ("loramoe", 1e-3, 0)]
@@ -402,11 +407,7 @@ def test_codes_results_live_in_their_own_file(tmp_path, monkeypatch):
     def fake_run_point(base, tok, method, lr, seed, steps, known, eval_steps, recipe, progress):
         return None, {**_fake_point(method, lr, seed, steps), "new_content": 0.75, "new_content_paraphrase": 0.5}
 
-    monkeypatch.setattr(smollm, "load_smollm2", lambda: (None, None))
-    monkeypatch.setattr(smollm, "evaluate_knowledge", lambda *a, **k: smollm.ProbeResult(
-        [True, False] * 44, [""] * 88))
-    monkeypatch.setattr(smollm, "evaluate_task", lambda *a, **k: 0.0)
-    monkeypatch.setattr(smollm, "run_point", fake_run_point)
+    _without_the_model(monkeypatch, fake_run_point)
     out = tmp_path / "codes.json"
     res = smollm.run_experiment([("gated_lora", 1e-3, 0), ("full_ft", 3e-5, 0)], steps=5, out=out,
                                 recipe=smollm.CODES_RECIPE, progress=False, verbose=False)
