@@ -14,7 +14,7 @@ committed store ``minimal_loramoe/data/results/runs`` and writes the committed `
 
     {"mix": name, "sft_sizes": [...], "largest": N,
      "tradeoff": {method: {lr: {"knowledge": x, "downstream": y, "new_content": z,   # means over seeds, at N
-                                "knowledge_std": ..., "downstream_std": ..., "new_content_std": ...,
+                                "knowledge_std": ..., ...   # sample std over seeds (ddof = 1), None for one seed
                                 "seeds": [...], "per_seed": {"knowledge": [...], ...},
                                 "curve": {"knowledge": [mean per size], "downstream": [...], ...}}}}}
 
@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from .finetune import METHODS
 from . import resources
+from .report import LEARNED, LEARNED_BAR, color_of, diff_ci95, sample_std
 from .reproduce import RESULTS_DIR, RUNS_DIR, SCALES, adapter_path, load_run, plot_curves, run_point
 from .world import MIXES
 
@@ -108,7 +109,8 @@ def collect(mix: str, root=RUNS_DIR, sizes=SFT_SIZES) -> dict:
                     continue
                 vals = np.array([r["evals"][largest][key] for r in rs])
                 point[key] = round(float(vals.mean()), 4)
-                point[key + "_std"] = round(float(vals.std()), 4)
+                std = sample_std(vals)
+                point[key + "_std"] = None if std is None else round(std, 4)
                 point["per_seed"][key] = vals.round(4).tolist()
                 point["curve"][key] = [round(float(np.mean([r["evals"][str(n)][key] for r in rs])), 4)
                                        for n in sizes]
@@ -116,13 +118,10 @@ def collect(mix: str, root=RUNS_DIR, sizes=SFT_SIZES) -> dict:
     return out
 
 
-def best_at(fronts: dict, method: str, learned: str = "downstream", at_least: float = 0.9):
-    """The learning rate (as stored, e.g. ``"0.001"``) and point with the most knowledge among the method's points
-    that learned at least ``at_least`` (``learned``: "downstream" or "new_content"); ``(None, None)`` if none did.
-
-    This is the matched-learning comparison: "how much knowledge does the method keep once it has learned this
-    much?" -- each method at its own best learning rate, not at a borrowed one.
-    """
+def best_at(fronts: dict, method: str, learned: str = "downstream", at_least: float = LEARNED_BAR):
+    """The method's *front point* (the book's one rule, :mod:`minimal_loramoe.report`): the learning rate (as
+    stored, e.g. ``"0.001"``) and point with the most mean knowledge among the method's points whose mean
+    ``learned`` ("downstream" or "new_content") is at least ``at_least``; ``(None, None)`` if none did."""
     if learned not in ("downstream", "new_content"):
         raise ValueError(f"learned must be 'downstream' or 'new_content', got {learned!r}")
     points = {lr: p for lr, p in fronts["tradeoff"].get(method, {}).items() if p.get(learned, -1) >= at_least}
@@ -132,28 +131,57 @@ def best_at(fronts: dict, method: str, learned: str = "downstream", at_least: fl
     return lr, points[lr]
 
 
-def plot_fronts(fronts: dict, learned: str = "downstream", methods=("full_ft", "lora", "loramoe"), ax=None):
-    """Knowledge kept (y) against what was learned (x), one line per method through its learning rates.
+def front_point(fronts: dict, method: str) -> dict | None:
+    """:func:`best_at` with the mix's own learning measure (``report.LEARNED``) and the book's bar, plus what a
+    reviewer checks: ``{"lr", "point", "rates" (all run, ascending), "bracketed" (the chosen rate is neither the
+    smallest nor the largest run), "seeds"}``; ``None`` if no rate learned enough."""
+    lr, point = best_at(fronts, method, LEARNED[fronts["mix"]])
+    if point is None:
+        return None
+    rates = sorted(fronts["tradeoff"][method], key=float)
+    return {"lr": lr, "point": point, "rates": rates, "bracketed": rates[0] != lr != rates[-1],
+            "seeds": len(point["seeds"])}
 
-    Error bars: standard deviation over seeds (points with one seed have none). Each point is labelled with its
-    learning rate; up and to the right is better.
+
+def compare(fronts: dict, a: str, b: str) -> dict:
+    """Front point of ``a`` minus front point of ``b`` in mean knowledge, with its 95 % interval (Welch, per-seed
+    values): ``{"diff", "low", "high", "clear"}`` (``clear``: the interval excludes 0)."""
+    pa, pb = front_point(fronts, a), front_point(fronts, b)
+    if pa is None or pb is None:
+        missing = a if pa is None else b
+        raise ValueError(f"{missing!r} has no point that learned {LEARNED[fronts['mix']]} >= {LEARNED_BAR}")
+    diff, low, high = diff_ci95(pa["point"]["per_seed"]["knowledge"], pb["point"]["per_seed"]["knowledge"])
+    return {"diff": diff, "low": low, "high": high, "clear": low is not None and (low > 0 or high < 0)}
+
+
+def plot_fronts(fronts: dict, learned: str = "downstream", methods=("full_ft", "lora", "loramoe"), ax=None):
+    """Knowledge kept (y) against what was learned (x): each method's points (one per learning rate, labelled)
+    joined in order of learning, so the line is the method's front; its front point (:func:`best_at`) is ringed.
+
+    Error bars: sample standard deviation over seeds (none for one seed); one colour per method
+    (``report.METHOD_COLORS``). Up and to the right is better; the dotted line is the bar of the front rule.
     """
     import matplotlib.pyplot as plt
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4.5), facecolor="white")
     for method in methods:
         grid = fronts["tradeoff"].get(method, {})
-        lrs = sorted(grid, key=float)
+        lrs = sorted(grid, key=lambda lr: (grid[lr][learned], -float(lr)))  # along the front: by what was learned
         if not lrs:
             continue
+        colour = color_of(method)
         x = [grid[lr][learned] for lr in lrs]
         y = [grid[lr]["knowledge"] for lr in lrs]
-        xe = [grid[lr][learned + "_std"] for lr in lrs]
-        ye = [grid[lr]["knowledge_std"] for lr in lrs]
-        line = ax.errorbar(x, y, xerr=xe, yerr=ye, marker="o", capsize=2, label=method)
+        xe = [grid[lr].get(learned + "_std") or 0.0 for lr in lrs]
+        ye = [grid[lr].get("knowledge_std") or 0.0 for lr in lrs]
+        ax.errorbar(x, y, xerr=xe, yerr=ye, marker="o", capsize=2, label=method, color=colour)
         for xi, yi, lr in zip(x, y, lrs):
             ax.annotate(f"{float(lr):g}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7,
-                        color=line[0].get_color())
+                        color=colour)
+        best, point = best_at(fronts, method, learned)
+        if point is not None:
+            ax.scatter([point[learned]], [point["knowledge"]], s=160, facecolors="none", edgecolors=colour, lw=1.5)
+    ax.axvline(LEARNED_BAR, color="grey", ls=":", lw=1)
     what = {"downstream": "task accuracy (4 easy tasks)", "new_content": "new-content accuracy (cipher)"}[learned]
     ax.set(xlabel=what, ylabel="held-out knowledge kept", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
            title=f"{fronts['mix']} mix, {fronts['largest'] // 1000}k SFT examples")

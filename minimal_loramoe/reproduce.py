@@ -265,7 +265,8 @@ def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, 
 
 
 def summarize(raw: dict, sft_sizes, seeds, lrs) -> dict:
-    """Means and standard deviations over seeds, in the JSON schema documented in the README."""
+    """Means and sample standard deviations over seeds (ddof = 1; 0.0 where only one seed ran), in the JSON schema
+    documented in the README."""
     sizes = sorted(sft_sizes)
     res = {"sft_sizes": sizes, "seeds": list(seeds), "lr": {m: lrs[m] for m in raw["runs"]}}
     keys = ("knowledge", "knowledge_instruction", "downstream") + (("new_content",) if "new_content" in
@@ -281,7 +282,7 @@ def summarize(raw: dict, sft_sizes, seeds, lrs) -> dict:
         for key in keys:
             arr = np.array([[by_seed[s][n][key] for n in sizes] for s in seeds_of])  # (seeds, sizes)
             res[key][method] = arr.mean(0).round(4).tolist()
-            res[key + "_std"][method] = arr.std(0).round(4).tolist()
+            res[key + "_std"][method] = (arr.std(0, ddof=1) if len(arr) > 1 else 0 * arr[0]).round(4).tolist()
             res["per_seed"].setdefault(method, {})[key] = arr.round(4).tolist()
         finals = [by_seed[s][sizes[-1]] for s in seeds_of]
         res["downstream_by_task"][method] = {t: round(float(np.mean([f["downstream_by_task"][t] for f in finals])), 4)
@@ -295,7 +296,8 @@ def summarize(raw: dict, sft_sizes, seeds, lrs) -> dict:
 
 
 def format_table(res: dict) -> str:
-    """A plain-text table: knowledge and downstream accuracy per method and SFT size (mean ± std over seeds)."""
+    """A plain-text table: knowledge and downstream accuracy per method and SFT size (mean ± sample std over
+    seeds)."""
     sizes = res["sft_sizes"]
     head = f"{'method':<24}{'lr':>8}" + "".join(f"{'know@' + str(n):>16}" for n in sizes) + \
         f"{'tasks@' + str(sizes[-1]):>16}{'know(instr)':>13}"
@@ -311,17 +313,20 @@ def format_table(res: dict) -> str:
 
 
 def plot_curves(res: dict, key: str, ax, methods=None, title=None):
-    """One metric against SFT size on ``ax``, one line per method (error bars: std over seeds), pretrained dashed."""
+    """One metric against SFT size on ``ax``, one line per method in its colour (``report.METHOD_COLORS``; error
+    bars: sample std over seeds), pretrained dashed."""
+    from .report import color_of
     for m in methods or res["lr"]:
         ax.errorbar(res["sft_sizes"], res[key][m], yerr=res[key + "_std"][m], marker="o", capsize=3,
-                    label=f"{m} (lr {res['lr'][m]:g})")
+                    label=f"{m} (lr {res['lr'][m]:g})", color=color_of(m))
     ax.axhline(res[key]["pretrained"], color="black", ls="--", lw=1, label="pretrained")
     ax.set(xscale="log", xlabel="SFT examples", ylabel="exact-match accuracy", title=title, ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
 
 
 def plot_results(res: dict, path=None):
-    """Knowledge and downstream accuracy against SFT size, one line per method (error bars: std over seeds)."""
+    """Knowledge and downstream accuracy against SFT size, one line per method (error bars: sample std over
+    seeds)."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), facecolor="white")
     plot_curves(res, "knowledge", axes[0], title="world knowledge (held-out closed-book QA)")
