@@ -83,3 +83,10 @@ def format_point(point: dict, key: str = "knowledge") -> str:
     std = point.get(key + "_std")
     spread = f" ± {std:.3f}" if std is not None else ""
     return f"{point[key]:.3f}{spread} [{len(point['seeds'])}]"
+
+
+def format_diff(c: dict) -> str:
+    """``"+0.090  [+0.037, +0.143]  clear"`` for a :func:`fronts.compare` result (no interval below two seeds)."""
+    if c["low"] is None:
+        return f"{c['diff']:+.3f}  (no interval: fewer than two seeds on a side)"
+    return f"{c['diff']:+.3f}  [{c['low']:+.3f}, {c['high']:+.3f}]  {'clear' if c['clear'] else 'not clear'}"

@@ -65,3 +65,8 @@ def test_plot_fronts_joins_points_in_order_of_learning():
     ax = fronts.plot_fronts(_toy(), "new_content", ["lora"])
     xs = ax.get_lines()[0].get_xdata()
     assert list(xs) == sorted(xs)
+
+
+def test_format_diff_says_clear_or_why_there_is_no_interval():
+    assert report.format_diff({"diff": 0.09, "low": 0.037, "high": 0.143, "clear": True}).endswith("clear")
+    assert "fewer than two seeds" in report.format_diff({"diff": 0.09, "low": None, "high": None, "clear": False})
