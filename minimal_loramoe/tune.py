@@ -20,6 +20,8 @@ from . import resources
 from .reproduce import SCALES, TUNED_LR_FILE, run_experiment
 
 LR_GRID = (2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
+# rates below LR_GRID where a method's choice would otherwise be the grid's smallest rate (a grid must bracket it)
+GRID_BELOW = {"full_ft": (2e-5, 5e-5, 1e-4)}
 # The two balancing-loss ablations share the learning rate of the recommended LoRAMoE, so that they differ from
 # it in exactly one thing (the loss term); every other method is tuned on its own.
 TUNED_METHODS = ("full_ft", "lora", "gated_lora", "loramoe", "loramoe_uniform_router")
@@ -40,7 +42,8 @@ def select(grid: dict) -> float:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.tune")
     p.add_argument("--methods", nargs="+", choices=TUNED_METHODS, default=list(TUNED_METHODS))
-    p.add_argument("--grid", nargs="+", type=float, default=list(LR_GRID))
+    p.add_argument("--grid", nargs="+", type=float,
+                   help="learning rates (default: LR_GRID, plus GRID_BELOW for the methods that need lower ones)")
     p.add_argument("--seeds", nargs="+", type=int, default=list(TUNING_SEEDS))
     p.add_argument("--out", help="results file (default: runs/tuned_lr.json; grid points in it are kept)")
     p.add_argument("--store", action="store_true", help=resources.STORE_HELP)
@@ -59,7 +62,7 @@ def main(argv=None):
     t0 = time.time()
     for method in args.methods:
         table[method] = {float(lr): (v["knowledge"], v["downstream"]) for lr, v in old["grid"].get(method, {}).items()}
-        for lr in args.grid:
+        for lr in args.grid or sorted(GRID_BELOW.get(method, ()) + LR_GRID):
             if lr in table[method]:
                 continue
             raw = run_experiment([size], args.seeds, [method], {method: lr}, n_per_task, progress=False)
