@@ -50,7 +50,7 @@ from torch import nn
 from tqdm import tqdm  # text bars: widget bars cannot render in the static book
 
 from .balance import model_balance_loss
-from .evaluate import IGNORE_INDEX, answer_loss, encode_examples
+from .sft import IGNORE_INDEX, answer_loss, encode_examples
 from . import checkpoint as ckpt
 from .config import AdapterConfig
 from .inject import SLIM_DEFAULTS, adapter_layers, adapter_state_dict, add_adapters, save_adapter
@@ -235,7 +235,7 @@ def finetune(base_model, tokenizer, dataset, config: FinetuneConfig, eval_every=
 
 
 class AnswerOnlyLoss(nn.Module):
-    """A model and its SFT loss as one module: ``forward(**batch)`` is :func:`evaluate.answer_loss`.
+    """A model and its SFT loss as one module: ``forward(**batch)`` is :func:`sft.answer_loss`.
 
     Why a module: under data parallelism (DDP, FSDP) gradients are synchronised only for a forward pass that
     goes through the wrapped module. ``answer_loss`` calls the decoder and the output layer of a causal LM

@@ -19,8 +19,8 @@ LoRAMoE layer above unchanged, bit for bit:
 * ``top_k``: keep the K largest softmax weights per token, renormalised to sum to 1 (MixLoRA, SLIM).
 * ``num_identity_experts``: experts with no weights whose contribution is exactly zero -- a token routed there
   keeps the frozen layer's output. They have router rows and take part in the softmax and in top-K.
-* ``num_clusters``: weight yielding with sliding clustering (:class:`~minimal_loramoe.slim.SlidingClusters`):
-  inputs far from every cluster of the fine-tuning data get a bonus on the identity experts' logits.
+* ``num_clusters``: weight yielding with sliding clustering (:class:`~minimal_loramoe.clusters.
+  SlidingClusters`): inputs far from every cluster of the fine-tuning data get a bonus on the identity experts' logits.
 """
 import math
 
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .lora import FrozenBase, check_adapter_args, linear_features
-from .slim import SlidingClusters
+from .clusters import SlidingClusters
 
 
 def check_slim_args(num_experts, top_k, num_identity_experts, num_clusters, yield_scale):
@@ -97,7 +97,7 @@ class LoRAMoELinear(FrozenBase, nn.Module):
         Dense by default. With weight yielding, every identity expert's logit gets the same bonus
         ``yield_scale * relu(d - d_ref)`` before the softmax, where d = max_c |x - c| / sigma - 1 is the distance
         to the nearest cluster of the fine-tuning inputs and d_ref the mean d of the training tokens (both from
-        :class:`~minimal_loramoe.slim.SlidingClusters`). Our choice where the paper is silent: measured from
+        :class:`~minimal_loramoe.clusters.SlidingClusters`). Our choice where the paper is silent: measured from
         d_ref, an input as typical as the training data gets no bonus (with a max over hundreds of channels, d
         of ordinary training tokens is already ~2-3, and a bonus there would send them all to the identity
         experts, where top-K gives the LoRA experts no gradient at all); an input k sigmas further out than
@@ -155,3 +155,11 @@ class LoRAMoELinear(FrozenBase, nn.Module):
         if self.clusters is not None:
             s += f", yield_scale={self.yield_scale:g}"
         return s
+
+
+def loramoe_layers(model: nn.Module) -> dict:
+    """``{name: layer}`` of every :class:`LoRAMoELinear` in ``model``, in module order; ``ValueError`` if none."""
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, LoRAMoELinear)}
+    if not layers:
+        raise ValueError("model has no LoRAMoELinear layers: call add_loramoe(model) first")
+    return layers

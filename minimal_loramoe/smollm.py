@@ -52,9 +52,10 @@ import torch
 from tqdm import tqdm
 
 from . import resources
-from .evaluate import encode_examples
+from .sft import encode_examples
 from .finetune import FinetuneConfig, prepare_model, sft_loop
 from .inject import CONFIG_ATTR
+from .loramoe import loramoe_layers
 from .utils import set_seed
 
 HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -466,11 +467,7 @@ def router_weights(model, tokenizer, questions: list[str], batch_size: int = 32)
 
     Returns a tensor (num_loramoe_layers, E) in model order (layer 0 gate/up/down, layer 1 ...); each row sums to 1.
     """
-    from .loramoe import LoRAMoELinear
-
-    layers = [m for m in model.modules() if isinstance(m, LoRAMoELinear)]
-    if not layers:
-        raise ValueError("model has no LoRAMoELinear layers: call add_loramoe(model) first")
+    layers = list(loramoe_layers(model).values())
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -66,7 +66,7 @@ import torch
 
 from .checkpoint import CHECKPOINT_FILE
 from .config import CONFIG_FILE
-from .evaluate import encode_examples
+from .sft import encode_examples
 from .finetune import COLUMNS, FinetuneConfig, TrainingStopped, plain_encoder, prepare_model, sft_loop
 from .inject import ADAPTER_FILE, load_adapter, load_loramoe
 from .utils import atomic_write_text, set_seed

@@ -6,7 +6,8 @@ from datasets import Dataset
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from minimal_loramoe.evaluate import IGNORE_INDEX, answer_accuracy, encode_examples
+from minimal_loramoe.evaluate import answer_accuracy
+from minimal_loramoe.sft import IGNORE_INDEX, encode_examples
 from minimal_loramoe.model import tiny_llama_config
 from minimal_loramoe.tokenizer import build_tokenizer
 from minimal_loramoe.world import instruction_prompt, make_world

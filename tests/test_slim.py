@@ -10,8 +10,8 @@ from minimal_loramoe import LoRAMoELinear, add_loramoe, adapter_layers, load_lor
 from minimal_loramoe.balance import corrected_localized_balance_loss, model_balance_loss
 from minimal_loramoe.finetune import SLIM_METHODS, FinetuneConfig, finetune, weight_change
 from minimal_loramoe.routing import force_group
-from minimal_loramoe.slim import (SlidingClusters, dare_masked, dare_masks, l1_penalty, merge_loramoe,
-                                  merged_weight)
+from minimal_loramoe.clusters import SlidingClusters
+from minimal_loramoe.slim import dare_masked, dare_masks, l1_penalty, merge_loramoe, merged_weight
 
 
 def make(E=4, r=3, d_in=10, d_out=7, seed=0, **kw):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from minimal_loramoe import add_lora, add_loramoe, smollm
-from minimal_loramoe.evaluate import answer_loss
+from minimal_loramoe.sft import answer_loss
 from minimal_loramoe.smollm import is_correct, normalize
 
 HAVE_MODEL = smollm.gguf_path() is not None or smollm._is_cached(smollm.default_cache_dir())
