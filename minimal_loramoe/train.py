@@ -36,7 +36,7 @@ What it writes into ``--out``:
   the update; the last checkpoint is kept. The checkpoint is deleted once the result is written.
 
 ``--method`` is any method of :mod:`minimal_loramoe.finetune`, SLIM's included (``--method slim``, with the
-settings of ``finetune.METHOD_SETTINGS``; ``--top-k``, ``--num-identity-experts``, ``--num-clusters``,
+settings of its entry in ``methods.TABLE``; ``--top-k``, ``--num-identity-experts``, ``--num-clusters``,
 ``--yield-scale``, ``--l1-weight`` and ``--mask-rate`` override them). This command does not evaluate, so
 ``--mask-rate`` is only recorded: use the trained SLIM model as it was meant to be evaluated, DARE-masked, with
 ``with slim.dare_masked(model, config.mask_rate, config.seed): ...``.
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="jsonl file, one {prompt, answer, type} object per line")
     p.add_argument("--out", required=True, help="folder to write the adapters (or model), settings and history to")
     run = p.add_argument_group("the run's settings (finetune.FinetuneConfig)")
-    slim = "; default: the method's (finetune.METHOD_SETTINGS; plain LoRAMoE: off)"
+    slim = "; default: the method's (methods.TABLE; plain LoRAMoE: off)"
     for f in fields(FinetuneConfig):
         kind, nargs = _flag_type(f.type)
         help_text = f.metadata.get("help", "") + (slim if f.name in ("top_k", "num_identity_experts", "num_clusters",

@@ -8,7 +8,8 @@ from torch import nn
 
 from minimal_loramoe import LoRAMoELinear, add_loramoe, adapter_layers, load_loramoe, save_loramoe
 from minimal_loramoe.balance import corrected_localized_balance_loss, model_balance_loss
-from minimal_loramoe.finetune import SLIM_METHODS, FinetuneConfig, finetune, weight_change
+from minimal_loramoe.finetune import FinetuneConfig, finetune, weight_change
+from minimal_loramoe.methods import SLIM_METHODS
 from minimal_loramoe.routing import force_group
 from minimal_loramoe.clusters import SlidingClusters
 from minimal_loramoe.slim import dare_masked, dare_masks, l1_penalty, merge_loramoe, merged_weight
