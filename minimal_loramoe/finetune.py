@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm  # text bars: widget bars cannot render in the static book
 
-from .balance import model_balance_loss
+from .balance import BETA, DELTA, model_balance_loss
 from .sft import IGNORE_INDEX, answer_loss, encode_examples
 from . import checkpoint as ckpt
 from .config import AdapterConfig
@@ -72,8 +72,8 @@ class FinetuneConfig:
     rank: int = field(default=_A.r, metadata={"help": "rank per expert (LoRA: num-experts x rank)"})
     alpha: float = field(default=_A.lora_alpha, metadata={"help": "lora_alpha: the update is scaled by alpha/rank"})
     dropout: float = field(default=_A.lora_dropout, metadata={"help": "adapter dropout, in [0, 1)"})
-    lbc_delta: float = field(default=0.1, metadata={"help": "balancing constraint: delta (>= 0)"})
-    lbc_beta: float = field(default=0.1, metadata={"help": "balancing constraint: weight beta (>= 0)"})
+    lbc_delta: float = field(default=DELTA, metadata={"help": "balancing constraint: delta (>= 0)"})
+    lbc_beta: float = field(default=BETA, metadata={"help": "balancing constraint: weight beta (>= 0)"})
     warmup_steps: int = field(default=20, metadata={"help": "steps of linear learning-rate warm-up"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (>= 0)"})
     seed: int = field(default=0, metadata={"help": "data order and adapter initialisation"})

@@ -28,27 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora import FrozenBase, check_adapter_args, linear_features
 from .clusters import SlidingClusters
+from .config import AdapterConfig, check_slim_args
+from .lora import FrozenBase, check_adapter_args, linear_features
 
-
-def check_slim_args(num_experts, top_k, num_identity_experts, num_clusters, yield_scale):
-    """Raise a clear error for SLIM settings no LoRAMoE layer can be built with."""
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-    if not is_int(num_identity_experts) or num_identity_experts < 0:
-        raise ValueError(f"num_identity_experts must be an integer >= 0, got {num_identity_experts!r}")
-    total = num_experts + num_identity_experts
-    if top_k is not None and (not is_int(top_k) or not 1 <= top_k <= total):
-        raise ValueError(f"top_k must be None (dense) or an integer in [1, {total}] (num_experts + "
-                         f"num_identity_experts), got {top_k!r}")
-    if not is_int(num_clusters) or num_clusters < 0:
-        raise ValueError(f"num_clusters must be an integer >= 0 (0 = no weight yielding), got {num_clusters!r}")
-    if num_clusters and not num_identity_experts:
-        raise ValueError("num_clusters > 0 (weight yielding) needs num_identity_experts >= 1: the yielded weight "
-                         "goes to the identity experts")
-    if isinstance(yield_scale, bool) or not isinstance(yield_scale, (int, float)) or not 0 < yield_scale < math.inf:
-        raise ValueError(f"yield_scale must be a number > 0 and finite, got {yield_scale!r}")
+_D = AdapterConfig()  # the defaults of the optional settings come from there
 
 
 class LoRAMoELinear(FrozenBase, nn.Module):
@@ -69,9 +53,10 @@ class LoRAMoELinear(FrozenBase, nn.Module):
     ``yield_scale * relu(d - d_ref)`` -- see :meth:`gates`.
     """
 
-    def __init__(self, base_layer: nn.Module, num_experts: int, rank: int, alpha: float, dropout: float = 0.0,
-                 top_k: int | None = None, num_identity_experts: int = 0, num_clusters: int = 0,
-                 yield_scale: float = 1.0):
+    def __init__(self, base_layer: nn.Module, num_experts: int, rank: int, alpha: float,
+                 dropout: float = _D.lora_dropout, top_k: int | None = _D.top_k,
+                 num_identity_experts: int = _D.num_identity_experts, num_clusters: int = _D.num_clusters,
+                 yield_scale: float = _D.yield_scale):
         super().__init__()
         check_adapter_args(base_layer, rank, alpha, dropout, num_experts)
         check_slim_args(num_experts, top_k, num_identity_experts, num_clusters, yield_scale)

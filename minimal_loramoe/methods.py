@@ -8,6 +8,7 @@ try). Adding a method is one entry in ``TABLE`` plus its test; the names below (
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from .balance import LBC_VARIANTS as _VARIANTS
 from .config import AdapterConfig
 
 _A = AdapterConfig()
@@ -16,7 +17,7 @@ _A = AdapterConfig()
 LAYER_SETTINGS = ("top_k", "num_identity_experts", "num_clusters", "yield_scale")
 PLAIN_SETTINGS = MappingProxyType({**{k: getattr(_A, k) for k in LAYER_SETTINGS}, "l1_weight": 0.0,
                                    "mask_rate": 0.0})
-LBC_VARIANTS = ("official", "corrected", "swapped", "mean")  # see balance.model_balance_loss
+LBC_VARIANTS = tuple(_VARIANTS)                                # balance.LBC_VARIANTS
 ADAPTERS = (None, "LORA", "GATED_LORA", "LORAMOE")            # None: full fine-tuning; else AdapterConfig.peft_type
 
 
