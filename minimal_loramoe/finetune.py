@@ -308,26 +308,17 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
         resume: continue from ``checkpoint`` (which must exist and come from a run with the same config, number of
             processes and ``checkpoint_extra``): the result is the one the run would have had without stopping.
         should_stop: ``should_stop(steps_done)`` is called after every step but the last; when it returns True the
-            loop writes ``checkpoint`` (if given) and raises :class:`TrainingStopped`. A loss that is not finite also raises it, before the update, naming
-            the step; the last checkpoint written is kept.
+            loop writes ``checkpoint`` (if given) and raises :class:`TrainingStopped`. A loss that is not finite
+            also raises it, before the update, naming the step; the last checkpoint written is kept.
     Returns:
         history = {"config", "loss", "lbc", "l1", "evals"}: the answer-only cross-entropy and the balancing loss
         of every step, both over the whole global batch, and SLIM's weighted L1 penalty (``l1_weight > 0`` only).
         With ``mask_rate > 0`` each ``eval_fn`` call sees the experts DARE-masked; the model is left unmasked.
 
-    Data parallelism, and why P processes train exactly like one. Each step takes one global batch of
-    ``P * config.batch_size`` rows (:func:`batch_indices`) and process r trains on its r-th contiguous slice.
-    DDP averages the P gradients, so each process's loss is scaled to make that average the gradient of the
-    one-process loss on the whole batch: the cross-entropy as a sum over its answer tokens divided by the answer
-    tokens of the *global* batch (times P), and the balancing loss -- a variance over all samples of the batch,
-    which does not split into a mean of per-slice losses -- computed on the gathered router statistics of all
-    processes (times P; see :func:`_gather_keeping_local_grad`). With one process both scalings are exactly 1.
-    SLIM's L1 penalty is *not* scaled: it depends on the parameters only, which are the same in every process, so
-    every process adds the same penalty and the same gradient, and DDP's average of P equal gradients is that
-    gradient -- exactly the one-process one. (Under FSDP or ZeRO-3, where a process holds only a shard of the
-    adapters outside the forward pass, the penalty would see that shard only: that case is refused, and so are
-    checkpoints, whose optimizer state would be a shard too.) SLIM's weight yielding is the exception to "exactly
-    like one": its cluster buffers follow process 0's slices (warned).
+    Data parallelism: each step takes one global batch of ``P * config.batch_size`` rows (:func:`batch_indices`),
+    process r trains on its r-th slice, and the losses are scaled so that P processes train exactly like one
+    (book/design_notes.md); SLIM's cluster buffers follow process 0's slices (warned). FSDP and ZeRO-3 are refused
+    with ``l1_weight > 0``, DARE-masked evaluation and checkpoints.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:

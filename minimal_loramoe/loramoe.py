@@ -5,13 +5,7 @@ For each token x the router gives dense softmax weights over E experts, and each
     g(x) = softmax(W_r x)                                   (in float32, like the official code)
     y    = W0 x + b + sum_i g_i(x) * (alpha / r) * B_i A_i dropout(x)
 
-All E experts are computed at once. Stack the A_i into one (E*r, d_in) matrix, scale each expert's r-wide slice
-of the hidden vector by that expert's gate, then apply all B_i as one (d_out, E*r) matrix:
-
-    sum_i g_i B_i (A_i x) = [B_1 ... B_E] @ concat_i(g_i * A_i x)
-
-which is exact (it is only a regrouping of the same sum) and costs about one LoRA of rank E*r, instead of E
-separate small matmuls in a Python loop as in the official code.
+computed for all E experts at once as ``[B_1 ... B_E] @ concat_i(g_i * A_i x)`` (exact; book/design_notes.md).
 
 Three optional pieces come from SLIM (Han et al., 2025, arXiv 2410.07739, Sec. 3.1-3.3); their defaults leave the
 LoRAMoE layer above unchanged, bit for bit:
@@ -45,8 +39,7 @@ class LoRAMoELinear(FrozenBase, nn.Module):
     kept in ``last_gates`` (..., E + I): LoRA experts first, identity experts last; for the localized balancing
     loss and for router plots.
 
-    One difference from the official code: with dropout > 0 the official loop draws a fresh dropout mask per
-    expert; here all experts share one mask (one dropout call). With dropout = 0 (evaluation) they agree exactly.
+    With dropout > 0 all experts share one dropout mask (the official code draws one per expert).
 
     SLIM options (module docstring): ``top_k`` (None = dense), ``num_identity_experts``, and weight yielding with
     ``num_clusters`` clusters (0 = off), whose bonus on the identity logits is
@@ -82,12 +75,9 @@ class LoRAMoELinear(FrozenBase, nn.Module):
         Dense by default. With weight yielding, every identity expert's logit gets the same bonus
         ``yield_scale * relu(d - d_ref)`` before the softmax, where d = max_c |x - c| / sigma - 1 is the distance
         to the nearest cluster of the fine-tuning inputs and d_ref the mean d of the training tokens (both from
-        :class:`~minimal_loramoe.clusters.SlidingClusters`). Our choice where the paper is silent: measured from
-        d_ref, an input as typical as the training data gets no bonus (with a max over hundreds of channels, d
-        of ordinary training tokens is already ~2-3, and a bonus there would send them all to the identity
-        experts, where top-K gives the LoRA experts no gradient at all); an input k sigmas further out than
-        typical gets k * yield_scale, so far-away inputs end up on the identity experts.
-        With ``top_k``, only the K largest weights per token are kept and renormalised to sum to 1.
+        :class:`~minimal_loramoe.clusters.SlidingClusters`; in training the batch first updates the clusters).
+        Why measured from d_ref: book/design_notes.md. With ``top_k``, only the K largest weights per token are
+        kept and renormalised to sum to 1.
         """
         logits = self.router(x).float()  # (..., E + I)
         if self.clusters is not None:

@@ -82,6 +82,7 @@ def _lab_modules_loaded(names) -> list[str]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_importing_the_method_loads_no_laboratory_module():
     """In a fresh interpreter, every method module together; on failure, each alone names the culprit."""
     loaded = _lab_modules_loaded(METHOD)
@@ -90,6 +91,7 @@ def test_importing_the_method_loads_no_laboratory_module():
         pytest.fail(f"importing the method loads {loaded}: " + str({m: v for m, v in culprits.items() if v}))
 
 
+@pytest.mark.slow
 def test_the_laboratory_module_list_is_what_the_check_would_catch():
     """A sanity check of the subprocess check itself: importing a laboratory module is seen."""
     assert "minimal_loramoe.world" in _lab_modules_loaded(["evaluate"])
