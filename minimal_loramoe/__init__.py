@@ -6,6 +6,9 @@ The pieces, one module each:
     balance.py  localized_balance_loss   the localized balancing constraint (official and corrected)
     config.py   AdapterConfig         every adapter setting and its default, saved with the weights
     inject.py   add_loramoe, save_adapter, load_adapter   plug the layers into a Hugging Face model, save, load
+    methods.py  TABLE                 the table of methods (adapter, settings, balancing loss, learning rates)
+    sft.py      encode_examples, answer_loss   answer-only SFT batches and loss, for any causal LM
+    finetune.py FinetuneConfig, prepare_model, sft_loop   the one SFT loop; train.py is its command
     clusters.py SlidingClusters       SLIM's sliding clusters (weight yielding), part of the LoRAMoE layer
     slim.py     dare_masked, l1_penalty, merge_loramoe   SLIM's model-level additions (arXiv 2410.07739)
 """

@@ -41,14 +41,9 @@ settings of its entry in ``methods.TABLE``; ``--top-k``, ``--num-identity-expert
 ``--mask-rate`` is only recorded: use the trained SLIM model as it was meant to be evaluated, DARE-masked, with
 ``with slim.dare_masked(model, config.mask_rate, config.seed): ...``.
 
-``--batch-size`` is per process. With P processes every step trains on a global batch of P x batch-size samples:
-the batches a one-process run with batch size P x batch-size (same seed) would use, process r training on the
-r-th slice of each. The losses are scaled so that the gradient DDP averages is the one-process gradient (see
-``sft_loop``): P processes with ``--batch-size B`` train like one process with ``--batch-size P*B``, up to
-floating-point rounding (and except for dropout masks, which each process draws for itself). One more exception:
-SLIM's weight yielding (``num_clusters > 0``: ``slim``, ``slim_no_merge``) updates its cluster statistics, buffers,
-from the tokens each process sees, and DDP broadcasts process 0's buffers at every step, so with several processes
-the clusters follow process 0's slices only. The L1 penalty needs no rescaling (see ``sft_loop``).
+``--batch-size`` is per process: P processes with ``--batch-size B`` train like one process with
+``--batch-size P*B`` (same seed), up to floating-point rounding, except for dropout masks (each process draws its
+own) and SLIM's cluster buffers (they follow process 0's slices). Why: ``sft_loop`` and book/design_notes.md.
 """
 import argparse
 import hashlib
