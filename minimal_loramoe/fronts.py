@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .methods import LR_GRIDS, METHODS
+from .methods import FRONTS_LR_GRIDS, METHODS
 from . import resources
 from .reproduce import RESULTS_DIR, RUNS_DIR, SCALES, adapter_path, load_run, plot_curves, run_point
 from .world import MIXES
@@ -36,7 +36,7 @@ from .world import MIXES
 SFT_SIZES = tuple(SCALES["full"]["sft_sizes"])  # evaluated along one pass (constant lr after warm-up)
 METRICS = ("knowledge", "knowledge_instruction", "downstream", "new_content")
 # Each method's bracketed learning-rate grid is its entry's ``lr_grid`` in the table of methods (edit it there).
-GRIDS = LR_GRIDS
+GRIDS = FRONTS_LR_GRIDS
 
 
 def run_grid(points, workers: int = 2, sizes=SFT_SIZES, root=RUNS_DIR, progress=True, keep_adapters=False):

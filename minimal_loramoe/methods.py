@@ -114,7 +114,7 @@ PEFT_TYPE_OF_METHOD = {m.name: m.adapter for m in TABLE.values() if m.adapter no
 TUNED_METHODS = tuple(m.name for m in TABLE.values() if m.tuned)
 SHARES_LR_OF = {m.name: m.lr_of for m in TABLE.values() if m.lr_of is not None}
 FRONTS_ONLY = tuple(m.name for m in TABLE.values() if m.fronts_only)
-LR_GRIDS = {m.name: m.lr_grid for m in TABLE.values()}
+FRONTS_LR_GRIDS = {m.name: m.lr_grid for m in TABLE.values()}
 MIXTURE_METHODS = tuple(m.name for m in TABLE.values() if m.adapter == "LORAMOE")  # the ones with routers
 
 
