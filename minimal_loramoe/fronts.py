@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .methods import FRONTS_LR_GRIDS, METHODS
+from .methods import FRONTS_LR_GRIDS, METHODS, get_method
 from . import resources
 from .reproduce import RESULTS_DIR, RUNS_DIR, SCALES, adapter_path, load_run, plot_curves, run_point
 from .world import MIXES
@@ -44,7 +44,7 @@ def run_grid(points, workers: int = 2, sizes=SFT_SIZES, root=RUNS_DIR, progress=
 
     ``keep_adapters``: also keep each adapter run's trained adapters (``reproduce.adapter_path``); a stored run
     without them is run again for them."""
-    keep = lambda p: keep_adapters and p[1] != "full_ft"  # noqa: E731  (full fine-tuning has no adapters)
+    keep = lambda p: keep_adapters and get_method(p[1]).adapter is not None  # noqa: E731  (full FT: no adapters)
     todo = [p for p in points if load_run(*p, sizes=sizes, root=root) is None
             or (keep(p) and not adapter_path(*p, root=root).is_file())]
     if not todo:

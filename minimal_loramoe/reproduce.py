@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from . import resources
-from .evaluate import answer_accuracy, task_accuracy
+from .evaluate import answer_accuracy
 from .finetune import FinetuneConfig, finetune, weight_change
 from .methods import FRONTS_ONLY, METHODS, get_method
 from .model import load_pretrained

@@ -56,7 +56,7 @@ from .sft import encode_examples
 from .finetune import FinetuneConfig, prepare_model, sft_loop
 from .inject import CONFIG_ATTR
 from .loramoe import loramoe_layers
-from .methods import method_of_adapter
+from .methods import get_method, method_of_adapter
 from .utils import set_seed
 
 HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -588,7 +588,7 @@ def prepare(base, method: str, lr: float, seed: int, steps: int, recipe: dict = 
                             warmup_steps=r["warmup_steps"], schedule=r["schedule"], num_experts=r["num_experts"],
                             rank=r["rank"], alpha=r["alpha"], lbc_delta=r["lbc_delta"], lbc_beta=r["lbc_beta"])
     model = prepare_model(base, config)
-    if method == "full_ft":
+    if get_method(method).adapter is None:  # full fine-tuning
         model.get_input_embeddings().requires_grad_(False)
     return model, config
 

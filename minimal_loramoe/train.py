@@ -64,6 +64,7 @@ from .config import CONFIG_FILE
 from .sft import encode_examples
 from .finetune import COLUMNS, FinetuneConfig, TrainingStopped, plain_encoder, prepare_model, sft_loop
 from .inject import ADAPTER_FILE, load_adapter, load_loramoe
+from .methods import get_method
 from .utils import atomic_write_text, set_seed
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -348,7 +349,7 @@ def main(argv=None) -> dict:
         except TrainingStopped as err:
             if not err.nonfinite:
                 why = f"{stop.signal} received" if stop.signal else f"--stop-after {args.stop_after}"
-                resume = (f"; continue with the same command and --resume" if err.checkpoint else "")
+                resume = ("; continue with the same command and --resume" if err.checkpoint else "")
                 err.args = (f"{why}: {err}{resume}",)
             accelerator.end_training()
             raise
@@ -405,7 +406,7 @@ def load_trained(out, model_dir=None, device=None):
     out = Path(out)
     settings, config = read_settings(out)
     dtype = DTYPES[settings["dtype"]]
-    if config.method == "full_ft":
+    if get_method(config.method).adapter is None:  # full fine-tuning saved the whole model
         model = AutoModelForCausalLM.from_pretrained(out, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(out)
         return model.to(device or "cpu").eval(), tokenizer
