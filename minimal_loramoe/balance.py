@@ -1,37 +1,24 @@
 """The localized balancing constraint (LBC) of LoRAMoE (Dou et al., 2024, Sec. 3.3, Eq. 6-8).
 
-Every training sample m has a type: 1 = world-knowledge sample, 0 = other downstream task. The E experts of a
-LoRAMoE layer are split in two halves: experts n < E/2 form the "knowledge" group, experts n >= E/2 the "task"
-group. For one batch:
+Sample m has a type: 1 = world knowledge, 0 = other task. Experts n < E/2 are the "knowledge" group, n >= E/2 the
+"task" group. Per LoRAMoE layer and batch:
 
     Q[n, m] = sum over the tokens t of sample m of g_n(x_t)          importance of expert n for sample m
     C[n, m] = 1 + delta  if expert n's group matches sample m's type, else 1 - delta
     Z       = Q * C (elementwise, flattened)
-    L_lbc   = beta * Var(Z) / (Mean(Z)^2 + 1e-10)                     squared coefficient of variation
+    L_lbc   = beta * Var(Z) / (Mean(Z)^2 + 1e-10)                     squared coefficient of variation, unbiased Var
 
-(the paper writes sigma/mu; the authors' code computes the squared CV with the unbiased variance, which is what
-``localized_balance_loss`` computes.)
-
-What the official loss really pushes towards: the variance of Z is smallest when all entries of Z are equal,
-i.e. when ``Q_match * (1 + delta) = Q_other * (1 - delta)``, so the matched group ends up with *less* weight
-than the other: Q_match / Q_other = (1 - delta) / (1 + delta). Knowledge samples are pushed *away* from the
-knowledge group (the groups still separate by type, only mirrored; issue #22 of the official repository).
-``corrected_localized_balance_loss`` swaps the two coefficients, so its optimum is
-Q_match / Q_other = (1 + delta) / (1 - delta), and divides Q by each sample's number of real tokens, so that
-long samples do not dominate the loss merely by being long.
-
-With identity experts (SLIM, :class:`~minimal_loramoe.LoRAMoELinear`'s ``num_identity_experts``) the groups are
-made of the LoRA experts only, and :func:`model_balance_loss` renormalises their gates to sum to 1 per token
-before the loss (:func:`lora_gates`). The constraint then shapes how the *adapter* weight is split between the
-knowledge and the task group, and leaves free how much weight a token gives to the identity experts. Counted
-unnormalised, a sample that sends much weight to the identity experts would have small Q entries, and the
-coefficient of variation would push every sample towards the same identity share -- against what SLIM wants
-(knowledge samples keeping the frozen path more than task samples). Identity experts have no parameters to
-specialise, so putting them into either group would constrain nothing useful.
+Variants (``LBC_VARIANTS``): ``official`` is the above, as the official code computes it (its optimum is
+Q_match / Q_other = (1 - delta) / (1 + delta)); ``corrected`` swaps C's two values and divides Q by each sample's
+number of real tokens (optimum (1 + delta) / (1 - delta)); ``swapped`` and ``mean`` make one of those two changes
+each. With identity experts (SLIM) the loss sees the LoRA experts' gates only, renormalised per token
+(:func:`lora_gates`). Why these choices: the book's design notes (book/design_notes.md).
 """
 import torch
 
-from .loramoe import LoRAMoELinear
+from .loramoe import LoRAMoELinear, loramoe_layers
+
+DELTA, BETA = 0.1, 0.1  # the defaults of delta and beta, here and in FinetuneConfig (lbc_delta, lbc_beta)
 
 # variant -> (swap the coefficients, divide Q by each sample's real-token count); "swapped" and "mean" are the
 # controls that make one of the two changes of "corrected" each
@@ -87,7 +74,7 @@ def cv_squared(z: torch.Tensor) -> torch.Tensor:
     return z.var() / (z.mean() ** 2 + 1e-10)
 
 
-def balance_matrix(gates, task_types, delta: float = 0.1, attention_mask=None, corrected: bool = False,
+def balance_matrix(gates, task_types, delta: float = DELTA, attention_mask=None, corrected: bool = False,
                    swap: bool | None = None, per_sample_mean: bool | None = None):
     """Z = Q * C of one LoRAMoE layer, shape (B, E): the matrix whose squared coefficient of variation is the loss.
 
@@ -108,7 +95,7 @@ def balance_matrix(gates, task_types, delta: float = 0.1, attention_mask=None, c
     return Q * C
 
 
-def localized_balance_loss(gates, task_types, delta: float = 0.1, beta: float = 0.1, attention_mask=None):
+def localized_balance_loss(gates, task_types, delta: float = DELTA, beta: float = BETA, attention_mask=None):
     """The localized balancing loss exactly as the official LoRAMoE code computes it (Eq. 6-8, CV^2).
 
     Args:
@@ -121,7 +108,7 @@ def localized_balance_loss(gates, task_types, delta: float = 0.1, beta: float = 
     return beta * cv_squared(balance_matrix(gates, task_types, delta, attention_mask))
 
 
-def corrected_localized_balance_loss(gates, task_types, delta: float = 0.1, beta: float = 0.1, attention_mask=None):
+def corrected_localized_balance_loss(gates, task_types, delta: float = DELTA, beta: float = BETA, attention_mask=None):
     """The localized balancing loss with the optimum pointing the way the paper describes.
 
     Two changes to :func:`localized_balance_loss`: the coefficients are swapped (1 - delta on the matching group,
@@ -147,12 +134,13 @@ def _per_sample(gates: torch.Tensor, batch: int) -> torch.Tensor:
     return gates.unflatten(0, (batch, -1)) if gates.dim() == 2 else gates
 
 
-def model_balance_loss(model, task_types, attention_mask=None, delta: float = 0.1, beta: float = 0.1,
+def model_balance_loss(model, task_types, attention_mask=None, delta: float = DELTA, beta: float = BETA,
                        variant: str = "official", gather=None) -> torch.Tensor:
     """Sum of the localized balancing loss over every LoRAMoE layer of ``model`` after a forward pass.
 
     The paper adds one such loss per LoRAMoE layer to the cross-entropy: ``loss = ce + model_balance_loss(...)``.
-    ``variant``: a key of ``LBC_VARIANTS`` (``"official"``, ``"corrected"``, or one of the one-change controls). Identity experts, if any, are left out (module docstring).
+    ``variant``: a key of ``LBC_VARIANTS`` (``"official"``, ``"corrected"``, or one of the one-change controls).
+    Identity experts, if any, are left out (module docstring).
 
     ``gather``, if given, maps the stacked per-layer Z matrices (L, B, E) of this process's batch to those of the
     whole global batch (L, B_global, E) -- for data-parallel training, where each process holds only a slice of
@@ -161,9 +149,7 @@ def model_balance_loss(model, task_types, attention_mask=None, delta: float = 0.
     if variant not in LBC_VARIANTS:
         raise ValueError(f"variant must be one of {tuple(LBC_VARIANTS)}, got {variant!r}")
     swap, per_sample_mean = LBC_VARIANTS[variant]
-    layers = [m for m in model.modules() if isinstance(m, LoRAMoELinear)]
-    if not layers:
-        raise ValueError("model has no LoRAMoELinear layers: call add_loramoe(model) first")
+    layers = list(loramoe_layers(model).values())
     batch = len(task_types)
     zs = [balance_matrix(_per_sample(lora_gates(layer), batch), task_types, delta, attention_mask, swap=swap,
                          per_sample_mean=per_sample_mean) for layer in layers]

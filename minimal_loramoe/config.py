@@ -32,7 +32,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .loramoe import check_slim_args
+from .utils import atomic_write_text
 
 PEFT_TYPES = ("LORAMOE", "LORA", "GATED_LORA")
 CONFIG_FILE = "adapter_config.json"   # PEFT's file names
@@ -64,6 +64,25 @@ def _is_int(v) -> bool:
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_slim_args(num_experts, top_k, num_identity_experts, num_clusters, yield_scale):
+    """Raise a clear error for SLIM settings no LoRAMoE layer can be built with."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+    if not is_int(num_identity_experts) or num_identity_experts < 0:
+        raise ValueError(f"num_identity_experts must be an integer >= 0, got {num_identity_experts!r}")
+    total = num_experts + num_identity_experts
+    if top_k is not None and (not is_int(top_k) or not 1 <= top_k <= total):
+        raise ValueError(f"top_k must be None (dense) or an integer in [1, {total}] (num_experts + "
+                         f"num_identity_experts), got {top_k!r}")
+    if not is_int(num_clusters) or num_clusters < 0:
+        raise ValueError(f"num_clusters must be an integer >= 0 (0 = no weight yielding), got {num_clusters!r}")
+    if num_clusters and not num_identity_experts:
+        raise ValueError("num_clusters > 0 (weight yielding) needs num_identity_experts >= 1: the yielded weight "
+                         "goes to the identity experts")
+    if isinstance(yield_scale, bool) or not isinstance(yield_scale, (int, float)) or not 0 < yield_scale < math.inf:
+        raise ValueError(f"yield_scale must be a number > 0 and finite, got {yield_scale!r}")
 
 
 @dataclass
@@ -165,7 +184,6 @@ class AdapterConfig:
 
     def save(self, folder) -> Path:
         """Write ``adapter_config.json`` into ``folder`` atomically; returns its path."""
-        from .utils import atomic_write_text
         path = Path(folder) / CONFIG_FILE
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         return path

@@ -1,41 +1,15 @@
-"""One supervised fine-tuning loop for every method the book compares.
+"""The fine-tuning of every method: its config (:class:`FinetuneConfig`), the model it trains
+(:func:`prepare_model`) and the one SFT loop (:func:`sft_loop`) that trains every model of the book.
 
-Methods (the keys used everywhere in the book and in ``reproduce``):
+The methods are the entries of :mod:`minimal_loramoe.methods` (``methods.TABLE``). The loss of one step is
 
-    full_ft                  every weight of the model trains (what the paper shows forgetting with)
-    lora                     one LoRA of rank E*r on each FFN linear (same parameter count as the experts)
-    gated_lora               that LoRA times one learned per-token sigmoid gate (a control, not in the paper)
-    loramoe_no_lbc           LoRAMoE, cross-entropy only (what the official training script really runs)
-    loramoe_official_lbc     LoRAMoE + the localized balancing loss exactly as the official code computes it
-    loramoe                  LoRAMoE + the corrected localized balancing loss (the variant this book recommends)
-    loramoe_uniform_router   LoRAMoE with its router frozen at zero, i.e. every gate exactly 1/E (a control)
-    loramoe_swapped_lbc      the corrected loss's first change alone: coefficients swapped, Q summed (a control)
-    loramoe_mean_lbc         its second change alone: official coefficients, Q a per-sample mean (a control)
+    answer-only cross-entropy                                  (sft.answer_loss: the prompt is context)
+    + localized balancing loss summed over LoRAMoE layers      (methods with ``lbc``; Dou et al., 2024, Eq. 9)
+    + l1_weight * slim.l1_penalty(model)                       (``l1_weight > 0``; SLIM, Han et al., 2025)
 
-Beyond the paper, SLIM (Han et al., 2025, arXiv 2410.07739) and its parts, all with the same E experts of rank r
-as ``loramoe`` (so the same adapter parameters; only the router grows by the identity experts' rows):
-
-    mixlora_top2             sparse LoRA-MoE: top-2 of the E experts, no constraint (MixLoRA-like)
-    slim                     E LoRA + 2 identity experts, top-2, weight yielding, L1 penalty + DARE masks at eval
-    slim_no_identity         slim without identity experts (hence without weight yielding, which yields to them)
-    slim_no_yield            slim without weight yielding
-    slim_no_merge            slim without dynamic merging (no L1 penalty, no DARE masks)
-
-(each ablation removes one of SLIM's three parts; the settings are in ``METHOD_SETTINGS`` and any of them can be
-overridden through ``FinetuneConfig``, e.g. ``mask_rate=0`` to evaluate slim without the masks.)
-
-The loss is the cross-entropy on the answer tokens only (the prompt is context), plus, for LoRAMoE with a
-constraint, the localized balancing loss summed over all LoRAMoE layers (Dou et al., 2024, Eq. 9), plus, with
-``l1_weight > 0``, SLIM's L1 penalty on the adapters. With ``mask_rate > 0`` every evaluation sees the experts
-DARE-masked (:func:`~minimal_loramoe.slim.dare_masked`); training always uses the unmasked experts.
-
-One loop, :func:`sft_loop`, trains every model of the book -- the tiny LLaMA (through :func:`finetune`), SmolLM2
-(``smollm.train_sft``) and any Hugging Face causal LM (``python -m minimal_loramoe.train``, on one or many
-processes with ``accelerate``). By default it makes one pass over the data with a learning rate that is constant
-after a short warm-up, so that evaluating one run after its first N examples measures what a separate run on N
-examples measures (N i.i.d. draws from the same mix at the same learning rate; not the same rows, since the
-random order is drawn over the whole set): one pass gives the whole "more SFT data" curve. ``steps`` and ``schedule="cosine"`` give the usual
-fixed-length recipe instead.
+With ``mask_rate > 0`` every evaluation sees the experts DARE-masked (:func:`~minimal_loramoe.slim.dare_masked`);
+training always uses the unmasked experts. By default one pass over the data, constant learning rate after a
+linear warm-up; ``steps`` and ``schedule="cosine"`` give a fixed-length recipe (book/design_notes.md: why).
 """
 import copy
 import math
@@ -49,39 +23,18 @@ import torch
 from torch import nn
 from tqdm import tqdm  # text bars: widget bars cannot render in the static book
 
-from .balance import model_balance_loss
-from .evaluate import IGNORE_INDEX, answer_loss, encode_examples
+from .balance import BETA, DELTA, model_balance_loss
+from .sft import IGNORE_INDEX, answer_loss, encode_examples
 from . import checkpoint as ckpt
 from .config import AdapterConfig
-from .inject import SLIM_DEFAULTS, adapter_layers, adapter_state_dict, add_adapters, save_adapter
+from .inject import adapter_layers, adapter_state_dict, add_adapters, save_adapter
+from .methods import PLAIN_SETTINGS, get_method
 from .slim import dare_masked, l1_penalty
 from .utils import get_device, set_seed
 
-LBC_OF_METHOD = {"loramoe_official_lbc": "official", "loramoe": "corrected", "loramoe_swapped_lbc": "swapped",
-                 "loramoe_mean_lbc": "mean"}
 SCHEDULES = ("constant", "cosine")
 COLUMNS = ("prompt", "answer", "type")
-# SLIM's settings per method, not tuned: the paper's K = 2 and 2 identity experts; 8 clusters per layer; masking
-# rate p = 0.5 (the paper: too large hurts the tasks, too small does not stop forgetting); l1_weight = 10, so the
-# penalty's gradient per adapter entry, 10 / (E r (d_in + d_out)) ~ 1e-3, is of the order of the cross-entropy's
-# after a few dozen steps (1e-3 to 1e-2, measured on slim at lr 1e-3 on the cipher mix); at 1 it would be ~1 %.
-_SLIM = dict(top_k=2, num_identity_experts=2, num_clusters=8, yield_scale=1.0, l1_weight=10.0, mask_rate=0.5)
-METHOD_SETTINGS = {
-    "mixlora_top2": dict(top_k=2),
-    "slim": _SLIM,
-    "slim_no_identity": {**_SLIM, "num_identity_experts": 0, "num_clusters": 0},
-    "slim_no_yield": {**_SLIM, "num_clusters": 0},
-    "slim_no_merge": {**_SLIM, "l1_weight": 0.0, "mask_rate": 0.0},
-}
-SLIM_METHODS = tuple(METHOD_SETTINGS)
-METHODS = ("full_ft", "lora", "gated_lora", "loramoe_no_lbc", "loramoe_official_lbc", "loramoe",
-           "loramoe_uniform_router", "loramoe_swapped_lbc", "loramoe_mean_lbc") + SLIM_METHODS
-# what a field left at None means for methods without an entry in METHOD_SETTINGS: plain LoRAMoE, no penalty
-_DEFAULTS = {**SLIM_DEFAULTS, "l1_weight": 0.0, "mask_rate": 0.0}
-
-
 _A = AdapterConfig()  # the adapter defaults live there
-PEFT_TYPE_OF_METHOD = {"lora": "LORA", "gated_lora": "GATED_LORA"}  # every other adapter method: "LORAMOE"
 
 
 def _number(name, value, low=None, high=None, low_open=False, high_open=True):
@@ -107,20 +60,20 @@ class FinetuneConfig:
 
     The adapter fields (``num_experts``, ``rank``, ``alpha``, ``dropout``, ``target_modules``, SLIM's) take their
     defaults from :class:`~minimal_loramoe.config.AdapterConfig` (:meth:`adapter_config` builds it).
-    The SLIM fields (``top_k`` ... ``mask_rate``) left at None take the method's value from ``METHOD_SETTINGS``
+    The SLIM fields (``top_k`` ... ``mask_rate``) left at None take the method's value (``methods.TABLE``)
     (plain LoRAMoE's for the other methods); ``l1_weight`` and ``mask_rate`` apply to any LoRAMoE-layer method.
     Every number is checked (finite, in range) when the config is made. ``help`` in each field's metadata is the
     help of its flag in ``python -m minimal_loramoe.train``.
     """
-    method: str = field(default="loramoe", metadata={"help": "one of finetune.METHODS"})
+    method: str = field(default="loramoe", metadata={"help": "one of methods.METHODS"})
     lr: float = field(default=5e-4, metadata={"help": "peak learning rate (AdamW), > 0"})
     batch_size: int = field(default=32, metadata={"help": "samples per process and step"})
     num_experts: int = field(default=_A.num_experts, metadata={"help": "LoRAMoE experts per linear"})
     rank: int = field(default=_A.r, metadata={"help": "rank per expert (LoRA: num-experts x rank)"})
     alpha: float = field(default=_A.lora_alpha, metadata={"help": "lora_alpha: the update is scaled by alpha/rank"})
     dropout: float = field(default=_A.lora_dropout, metadata={"help": "adapter dropout, in [0, 1)"})
-    lbc_delta: float = field(default=0.1, metadata={"help": "balancing constraint: delta (>= 0)"})
-    lbc_beta: float = field(default=0.1, metadata={"help": "balancing constraint: weight beta (>= 0)"})
+    lbc_delta: float = field(default=DELTA, metadata={"help": "balancing constraint: delta (>= 0)"})
+    lbc_beta: float = field(default=BETA, metadata={"help": "balancing constraint: weight beta (>= 0)"})
     warmup_steps: int = field(default=20, metadata={"help": "steps of linear learning-rate warm-up"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (>= 0)"})
     seed: int = field(default=0, metadata={"help": "data order and adapter initialisation"})
@@ -141,20 +94,17 @@ class FinetuneConfig:
                 "'.'+name); default: the feed-forward linears of the model's architecture (config.TARGET_MODULES)"})
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        settings = {**_DEFAULTS, **METHOD_SETTINGS.get(self.method, {})}
-        for name, value in settings.items():
+        entry = get_method(self.method)
+        for name, value in {**PLAIN_SETTINGS, **entry.settings}.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        if self.method in ("full_ft", "lora", "gated_lora") and any(
-                getattr(self, k) != v for k, v in _DEFAULTS.items()):
+        if entry.adapter != "LORAMOE" and any(getattr(self, k) != v for k, v in PLAIN_SETTINGS.items()):
             raise ValueError(f"top_k, num_identity_experts, num_clusters, yield_scale, l1_weight and mask_rate need "
                              f"a LoRAMoE-layer method, not method={self.method!r}")
         if self.target_modules is not None:
             self.target_modules = [self.target_modules] if isinstance(self.target_modules, str) else \
                 list(self.target_modules)
-        if self.method == "full_ft" and self.target_modules is not None:
+        if entry.adapter is None and self.target_modules is not None:
             raise ValueError("target_modules needs an adapter method: full_ft trains every weight")
         self._adapter_config("LORAMOE")  # checks rank, alpha, dropout, num_experts, SLIM's routing (every method)
         _number("lr", self.lr, 0, low_open=True)
@@ -175,15 +125,14 @@ class FinetuneConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
-        if self.method in LBC_OF_METHOD and self.num_experts % 2:
+        if entry.lbc is not None and self.num_experts % 2:
             raise ValueError(f"num_experts must be even for method {self.method!r}: the balancing constraint splits "
                              f"the experts into two equal groups (paper Sec. 3.3), got {self.num_experts}")
 
     def adapter_config(self) -> AdapterConfig | None:
         """The :class:`AdapterConfig` of this run's adapters (None for ``full_ft``)."""
-        if self.method == "full_ft":
-            return None
-        return self._adapter_config(PEFT_TYPE_OF_METHOD.get(self.method, "LORAMOE"))
+        adapter = get_method(self.method).adapter
+        return None if adapter is None else self._adapter_config(adapter)
 
     def _adapter_config(self, peft_type: str) -> AdapterConfig:
         if peft_type != "LORAMOE":
@@ -200,10 +149,10 @@ def prepare_model(base_model, config: FinetuneConfig, copy_model: bool = True):
     ``copy_model=False`` the model itself, changed in place (a 7B model is not copied just to be thrown away)."""
     model = copy.deepcopy(base_model) if copy_model else base_model
     c = config
-    if c.method == "full_ft":
+    if get_method(c.method).adapter is None:
         return model.requires_grad_(True)
     model = add_adapters(model, c.adapter_config())
-    if c.method == "loramoe_uniform_router":
+    if get_method(c.method).frozen_router:
         for layer in adapter_layers(model).values():  # softmax(0) = 1/E for every expert, and it stays there
             torch.nn.init.zeros_(layer.router.weight)
             layer.router.weight.requires_grad_(False)
@@ -235,7 +184,7 @@ def finetune(base_model, tokenizer, dataset, config: FinetuneConfig, eval_every=
 
 
 class AnswerOnlyLoss(nn.Module):
-    """A model and its SFT loss as one module: ``forward(**batch)`` is :func:`evaluate.answer_loss`.
+    """A model and its SFT loss as one module: ``forward(**batch)`` is :func:`sft.answer_loss`.
 
     Why a module: under data parallelism (DDP, FSDP) gradients are synchronised only for a forward pass that
     goes through the wrapped module. ``answer_loss`` calls the decoder and the output layer of a causal LM
@@ -359,26 +308,17 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
         resume: continue from ``checkpoint`` (which must exist and come from a run with the same config, number of
             processes and ``checkpoint_extra``): the result is the one the run would have had without stopping.
         should_stop: ``should_stop(steps_done)`` is called after every step but the last; when it returns True the
-            loop writes ``checkpoint`` (if given) and raises :class:`TrainingStopped`. A loss that is not finite also raises it, before the update, naming
-            the step; the last checkpoint written is kept.
+            loop writes ``checkpoint`` (if given) and raises :class:`TrainingStopped`. A loss that is not finite
+            also raises it, before the update, naming the step; the last checkpoint written is kept.
     Returns:
         history = {"config", "loss", "lbc", "l1", "evals"}: the answer-only cross-entropy and the balancing loss
         of every step, both over the whole global batch, and SLIM's weighted L1 penalty (``l1_weight > 0`` only).
         With ``mask_rate > 0`` each ``eval_fn`` call sees the experts DARE-masked; the model is left unmasked.
 
-    Data parallelism, and why P processes train exactly like one. Each step takes one global batch of
-    ``P * config.batch_size`` rows (:func:`batch_indices`) and process r trains on its r-th contiguous slice.
-    DDP averages the P gradients, so each process's loss is scaled to make that average the gradient of the
-    one-process loss on the whole batch: the cross-entropy as a sum over its answer tokens divided by the answer
-    tokens of the *global* batch (times P), and the balancing loss -- a variance over all samples of the batch,
-    which does not split into a mean of per-slice losses -- computed on the gathered router statistics of all
-    processes (times P; see :func:`_gather_keeping_local_grad`). With one process both scalings are exactly 1.
-    SLIM's L1 penalty is *not* scaled: it depends on the parameters only, which are the same in every process, so
-    every process adds the same penalty and the same gradient, and DDP's average of P equal gradients is that
-    gradient -- exactly the one-process one. (Under FSDP or ZeRO-3, where a process holds only a shard of the
-    adapters outside the forward pass, the penalty would see that shard only: that case is refused, and so are
-    checkpoints, whose optimizer state would be a shard too.) SLIM's weight yielding is the exception to "exactly
-    like one": its cluster buffers follow process 0's slices (warned).
+    Data parallelism: each step takes one global batch of ``P * config.batch_size`` rows (:func:`batch_indices`),
+    process r trains on its r-th slice, and the losses are scaled so that P processes train exactly like one
+    (book/design_notes.md); SLIM's cluster buffers follow process 0's slices (warned). FSDP and ZeRO-3 are refused
+    with ``l1_weight > 0``, DARE-masked evaluation and checkpoints.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -442,7 +382,7 @@ def sft_loop(model, tokenizer, dataset, config: FinetuneConfig, *, encode=plain_
         warnings.warn("SLIM's weight yielding (num_clusters > 0) updates its cluster buffers from each process's "
                       "slice and DDP copies process 0's to the others at every step: with several processes the "
                       "clusters follow process 0's slices only, and the run does not train exactly like one process")
-    lbc = LBC_OF_METHOD.get(config.method)
+    lbc = get_method(config.method).lbc
     gather = partial(_gather_keeping_local_grad, accelerator) if procs > 1 else None
     if resume:
         ckpt.set_rng_state(saved_tensors, rank)  # the random state the run had after step `start`

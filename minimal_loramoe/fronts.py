@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .finetune import METHODS
+from .methods import FRONTS_LR_GRIDS, METHODS, get_method
 from . import resources
 from .report import LEARNED, LEARNED_BAR, color_of, diff_ci95, sample_std
 from .reproduce import RESULTS_DIR, RUNS_DIR, SCALES, adapter_path, load_run, plot_curves, run_point
@@ -36,24 +36,8 @@ from .world import MIXES
 
 SFT_SIZES = tuple(SCALES["full"]["sft_sizes"])  # evaluated along one pass (constant lr after warm-up)
 METRICS = ("knowledge", "knowledge_instruction", "downstream", "new_content")
-# Bracketed grids: full fine-tuning moves every weight and needs ~10x smaller rates than the adapters.
-GRIDS = {
-    "full_ft": (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4),
-    "lora": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
-    "gated_lora": (5e-4, 1e-3, 2e-3, 5e-3),
-    "loramoe": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
-    "loramoe_no_lbc": (5e-4, 1e-3, 2e-3),
-    "loramoe_official_lbc": (5e-4, 1e-3, 2e-3),
-    "loramoe_swapped_lbc": (5e-4, 1e-3, 2e-3),
-    "loramoe_mean_lbc": (5e-4, 1e-3, 2e-3),
-    "loramoe_uniform_router": (5e-4, 1e-3, 2e-3, 5e-3),
-    # SLIM and its parts (beyond the paper): the same bracket as loramoe, the same E and r
-    "mixlora_top2": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
-    "slim": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
-    "slim_no_identity": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
-    "slim_no_yield": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
-    "slim_no_merge": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
-}
+# Each method's bracketed learning-rate grid is its entry's ``lr_grid`` in the table of methods (edit it there).
+GRIDS = FRONTS_LR_GRIDS
 
 
 def run_grid(points, workers: int = 2, sizes=SFT_SIZES, root=RUNS_DIR, progress=True, keep_adapters=False):
@@ -61,7 +45,7 @@ def run_grid(points, workers: int = 2, sizes=SFT_SIZES, root=RUNS_DIR, progress=
 
     ``keep_adapters``: also keep each adapter run's trained adapters (``reproduce.adapter_path``); a stored run
     without them is run again for them."""
-    keep = lambda p: keep_adapters and p[1] != "full_ft"  # noqa: E731  (full fine-tuning has no adapters)
+    keep = lambda p: keep_adapters and get_method(p[1]).adapter is not None  # noqa: E731  (full FT: no adapters)
     todo = [p for p in points if load_run(*p, sizes=sizes, root=root) is None
             or (keep(p) and not adapter_path(*p, root=root).is_file())]
     if not todo:

@@ -34,8 +34,6 @@ CONFIG_ATTR = "minimal_loramoe_config"  # where add_* keeps the AdapterConfig on
 ADAPTER_FILE = "adapter.safetensors"  # the single file of save_loramoe (and of training runs before the folders)
 PEFT_PREFIX = "base_model.model."  # PEFT's names: base_model.model.<module name>.lora_A.weight
 _D = AdapterConfig()  # the defaults of the add_* functions below come from here
-SLIM_DEFAULTS = dict(top_k=_D.top_k, num_identity_experts=_D.num_identity_experts, num_clusters=_D.num_clusters,
-                     yield_scale=_D.yield_scale)  # = plain LoRAMoE
 
 
 def _layer_settings(config: AdapterConfig) -> dict:

@@ -16,6 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .config import AdapterConfig
+
+_DROPOUT = AdapterConfig.lora_dropout  # the default lives in AdapterConfig
+
 LINEAR_TYPES = (nn.Linear, Conv1D)  # what an adapter can wrap
 
 
@@ -75,7 +79,7 @@ class LoRALinear(FrozenBase, nn.Module):
         dropout: dropout on the adapter's input only (the frozen path sees the clean input).
     """
 
-    def __init__(self, base_layer: nn.Module, rank: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base_layer: nn.Module, rank: int, alpha: float, dropout: float = _DROPOUT):
         super().__init__()
         check_adapter_args(base_layer, rank, alpha, dropout)
         self.base_layer = base_layer.requires_grad_(False)
@@ -133,7 +137,7 @@ class GatedLoRALinear(LoRALinear):
     down on inputs it should not touch), not from having several experts.
     """
 
-    def __init__(self, base_layer: nn.Module, rank: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base_layer: nn.Module, rank: int, alpha: float, dropout: float = _DROPOUT):
         super().__init__(base_layer, rank, alpha, dropout)
         w = base_layer.weight
         self.gate = nn.Linear(self.in_features, 1, device=w.device, dtype=w.dtype)

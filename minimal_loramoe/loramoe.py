@@ -5,13 +5,7 @@ For each token x the router gives dense softmax weights over E experts, and each
     g(x) = softmax(W_r x)                                   (in float32, like the official code)
     y    = W0 x + b + sum_i g_i(x) * (alpha / r) * B_i A_i dropout(x)
 
-All E experts are computed at once. Stack the A_i into one (E*r, d_in) matrix, scale each expert's r-wide slice
-of the hidden vector by that expert's gate, then apply all B_i as one (d_out, E*r) matrix:
-
-    sum_i g_i B_i (A_i x) = [B_1 ... B_E] @ concat_i(g_i * A_i x)
-
-which is exact (it is only a regrouping of the same sum) and costs about one LoRA of rank E*r, instead of E
-separate small matmuls in a Python loop as in the official code.
+computed for all E experts at once as ``[B_1 ... B_E] @ concat_i(g_i * A_i x)`` (exact; book/design_notes.md).
 
 Three optional pieces come from SLIM (Han et al., 2025, arXiv 2410.07739, Sec. 3.1-3.3); their defaults leave the
 LoRAMoE layer above unchanged, bit for bit:
@@ -19,8 +13,8 @@ LoRAMoE layer above unchanged, bit for bit:
 * ``top_k``: keep the K largest softmax weights per token, renormalised to sum to 1 (MixLoRA, SLIM).
 * ``num_identity_experts``: experts with no weights whose contribution is exactly zero -- a token routed there
   keeps the frozen layer's output. They have router rows and take part in the softmax and in top-K.
-* ``num_clusters``: weight yielding with sliding clustering (:class:`~minimal_loramoe.slim.SlidingClusters`):
-  inputs far from every cluster of the fine-tuning data get a bonus on the identity experts' logits.
+* ``num_clusters``: weight yielding with sliding clustering (:class:`~minimal_loramoe.clusters.
+  SlidingClusters`): inputs far from every cluster of the fine-tuning data get a bonus on the identity experts' logits.
 """
 import math
 
@@ -28,27 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .clusters import SlidingClusters
+from .config import AdapterConfig, check_slim_args
 from .lora import FrozenBase, check_adapter_args, linear_features
-from .slim import SlidingClusters
 
-
-def check_slim_args(num_experts, top_k, num_identity_experts, num_clusters, yield_scale):
-    """Raise a clear error for SLIM settings no LoRAMoE layer can be built with."""
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-    if not is_int(num_identity_experts) or num_identity_experts < 0:
-        raise ValueError(f"num_identity_experts must be an integer >= 0, got {num_identity_experts!r}")
-    total = num_experts + num_identity_experts
-    if top_k is not None and (not is_int(top_k) or not 1 <= top_k <= total):
-        raise ValueError(f"top_k must be None (dense) or an integer in [1, {total}] (num_experts + "
-                         f"num_identity_experts), got {top_k!r}")
-    if not is_int(num_clusters) or num_clusters < 0:
-        raise ValueError(f"num_clusters must be an integer >= 0 (0 = no weight yielding), got {num_clusters!r}")
-    if num_clusters and not num_identity_experts:
-        raise ValueError("num_clusters > 0 (weight yielding) needs num_identity_experts >= 1: the yielded weight "
-                         "goes to the identity experts")
-    if isinstance(yield_scale, bool) or not isinstance(yield_scale, (int, float)) or not 0 < yield_scale < math.inf:
-        raise ValueError(f"yield_scale must be a number > 0 and finite, got {yield_scale!r}")
+_D = AdapterConfig()  # the defaults of the optional settings come from there
 
 
 class LoRAMoELinear(FrozenBase, nn.Module):
@@ -61,17 +39,17 @@ class LoRAMoELinear(FrozenBase, nn.Module):
     kept in ``last_gates`` (..., E + I): LoRA experts first, identity experts last; for the localized balancing
     loss and for router plots.
 
-    One difference from the official code: with dropout > 0 the official loop draws a fresh dropout mask per
-    expert; here all experts share one mask (one dropout call). With dropout = 0 (evaluation) they agree exactly.
+    With dropout > 0 all experts share one dropout mask (the official code draws one per expert).
 
     SLIM options (module docstring): ``top_k`` (None = dense), ``num_identity_experts``, and weight yielding with
     ``num_clusters`` clusters (0 = off), whose bonus on the identity logits is
     ``yield_scale * relu(d - d_ref)`` -- see :meth:`gates`.
     """
 
-    def __init__(self, base_layer: nn.Module, num_experts: int, rank: int, alpha: float, dropout: float = 0.0,
-                 top_k: int | None = None, num_identity_experts: int = 0, num_clusters: int = 0,
-                 yield_scale: float = 1.0):
+    def __init__(self, base_layer: nn.Module, num_experts: int, rank: int, alpha: float,
+                 dropout: float = _D.lora_dropout, top_k: int | None = _D.top_k,
+                 num_identity_experts: int = _D.num_identity_experts, num_clusters: int = _D.num_clusters,
+                 yield_scale: float = _D.yield_scale):
         super().__init__()
         check_adapter_args(base_layer, rank, alpha, dropout, num_experts)
         check_slim_args(num_experts, top_k, num_identity_experts, num_clusters, yield_scale)
@@ -97,12 +75,9 @@ class LoRAMoELinear(FrozenBase, nn.Module):
         Dense by default. With weight yielding, every identity expert's logit gets the same bonus
         ``yield_scale * relu(d - d_ref)`` before the softmax, where d = max_c |x - c| / sigma - 1 is the distance
         to the nearest cluster of the fine-tuning inputs and d_ref the mean d of the training tokens (both from
-        :class:`~minimal_loramoe.slim.SlidingClusters`). Our choice where the paper is silent: measured from
-        d_ref, an input as typical as the training data gets no bonus (with a max over hundreds of channels, d
-        of ordinary training tokens is already ~2-3, and a bonus there would send them all to the identity
-        experts, where top-K gives the LoRA experts no gradient at all); an input k sigmas further out than
-        typical gets k * yield_scale, so far-away inputs end up on the identity experts.
-        With ``top_k``, only the K largest weights per token are kept and renormalised to sum to 1.
+        :class:`~minimal_loramoe.clusters.SlidingClusters`; in training the batch first updates the clusters).
+        Why measured from d_ref: book/design_notes.md. With ``top_k``, only the K largest weights per token are
+        kept and renormalised to sum to 1.
         """
         logits = self.router(x).float()  # (..., E + I)
         if self.clusters is not None:
@@ -155,3 +130,11 @@ class LoRAMoELinear(FrozenBase, nn.Module):
         if self.clusters is not None:
             s += f", yield_scale={self.yield_scale:g}"
         return s
+
+
+def loramoe_layers(model: nn.Module) -> dict:
+    """``{name: layer}`` of every :class:`LoRAMoELinear` in ``model``, in module order; ``ValueError`` if none."""
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, LoRAMoELinear)}
+    if not layers:
+        raise ValueError("model has no LoRAMoELinear layers: call add_loramoe(model) first")
+    return layers

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .evaluate import answer_accuracy, encode_examples
+from .evaluate import answer_accuracy
+from .sft import encode_examples
 from .finetune import FinetuneConfig, prepare_model
 from .inject import adapter_layers, load_loramoe
 from .loramoe import LoRAMoELinear

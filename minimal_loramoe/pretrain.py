@@ -17,9 +17,10 @@ import torch
 from tqdm import tqdm  # text bars: widget bars cannot render in the static book
 from transformers import LlamaForCausalLM
 
-from .evaluate import IGNORE_INDEX, knowledge_accuracy, task_accuracy
+from .evaluate import knowledge_accuracy, task_accuracy
 from . import resources
 from .model import DEFAULT_CHECKPOINT, save_checkpoint, tiny_llama_config
+from .sft import IGNORE_INDEX
 from .tokenizer import build_tokenizer
 from .utils import get_device, set_seed
 from .world import World, WorldConfig, make_world, pretraining_batch, save_samples

@@ -32,8 +32,9 @@ import torch
 from tqdm import tqdm
 
 from . import resources
-from .evaluate import answer_accuracy, task_accuracy
-from .finetune import METHODS, SLIM_METHODS, FinetuneConfig, finetune, weight_change
+from .evaluate import answer_accuracy
+from .finetune import FinetuneConfig, finetune, weight_change
+from .methods import FRONTS_ONLY, METHODS, get_method
 from .model import load_pretrained
 from .routing import group_weight
 from .slim import dare_masked
@@ -61,9 +62,8 @@ KNOWLEDGE_FRACTION = 0.2  # share of world-knowledge questions (type 1) in every
 # full fine-tuning learns the tasks just as well) it forgets far more than at its own tuned, smaller rate.
 EXTRA_RUNS = {"full_ft_at_loramoe_lr": ("full_ft", "loramoe")}
 RUN_LABELS = METHODS + tuple(EXTRA_RUNS)
-# SLIM's methods and the two one-change LBC controls have no tuned learning rate: they are compared on the fronts
-# (python -m minimal_loramoe.fronts)
-FRONTS_ONLY = SLIM_METHODS + ("loramoe_swapped_lbc", "loramoe_mean_lbc")
+# Methods without a tuned learning rate (methods.FRONTS_ONLY: SLIM's, the two one-change LBC controls) are compared
+# on the fronts (python -m minimal_loramoe.fronts)
 DEFAULT_RUNS = tuple(m for m in RUN_LABELS if m not in FRONTS_ONLY)
 
 
@@ -131,7 +131,7 @@ def one_run(method, seed, lr, sizes, n_per_task=100, checkpoint=None, device=Non
     evals = hist["evals"]
     final = evals[sizes[-1]]
     final["weight_change"] = weight_change(base, model)
-    if cfg.method.startswith("loramoe") or cfg.method in SLIM_METHODS:
+    if get_method(cfg.method).adapter == "LORAMOE":  # it has routers
         with dare_masked(model, cfg.mask_rate, cfg.seed):  # the model the evaluations saw (p = 0: no mask)
             final["router_group_weight"] = group_weight(model, tokenizer, routing_set(world, n_per_task))
     final["seconds"] = round(time.time() - t0, 1)

@@ -8,17 +8,10 @@ from contextlib import contextmanager
 
 import torch
 
-from .evaluate import encode_examples
-from .loramoe import LoRAMoELinear
+from .sft import encode_examples
+from .loramoe import loramoe_layers as _moe_layers
 
 GROUPS = ("knowledge", "task")
-
-
-def _moe_layers(model):
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, LoRAMoELinear)}
-    if not layers:
-        raise ValueError("model has no LoRAMoELinear layers: call add_loramoe(model) first")
-    return layers
 
 
 @torch.no_grad()

@@ -52,9 +52,11 @@ import torch
 from tqdm import tqdm
 
 from . import resources
-from .evaluate import encode_examples
+from .sft import encode_examples
 from .finetune import FinetuneConfig, prepare_model, sft_loop
 from .inject import CONFIG_ATTR
+from .loramoe import loramoe_layers
+from .methods import get_method, method_of_adapter
 from .utils import set_seed
 
 HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -466,11 +468,7 @@ def router_weights(model, tokenizer, questions: list[str], batch_size: int = 32)
 
     Returns a tensor (num_loramoe_layers, E) in model order (layer 0 gate/up/down, layer 1 ...); each row sums to 1.
     """
-    from .loramoe import LoRAMoELinear
-
-    layers = [m for m in model.modules() if isinstance(m, LoRAMoELinear)]
-    if not layers:
-        raise ValueError("model has no LoRAMoELinear layers: call add_loramoe(model) first")
+    layers = list(loramoe_layers(model).values())
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -518,10 +516,9 @@ def sft_dataset(samples: list[dict]):
 
 
 def _method_of(model) -> str:
-    """The ``finetune.METHODS`` key of a prepared model (its balancing loss, if any, is off: plain SFT)."""
+    """The method of a prepared model (``methods.method_of_adapter``: its balancing loss, if any, is off)."""
     config = getattr(model, CONFIG_ATTR, None)
-    adapter = config.peft_type if config is not None else None
-    return {"LORAMOE": "loramoe_no_lbc", "LORA": "lora", "GATED_LORA": "gated_lora", None: "full_ft"}[adapter]
+    return method_of_adapter(config.peft_type if config is not None else None)
 
 
 def train_sft(model, tokenizer, samples: list[dict], steps: int, batch_size: int = 8, lr: float = 1e-4,
@@ -550,7 +547,7 @@ LR_GRID = {"full_ft": (1e-5, 3e-5, 1e-4), "lora": (2e-4, 1e-3), "loramoe": (2e-4
 EXPERIMENT_METHODS = tuple(LR_GRID)
 TEST_SEED = 2  # the task's test prompts; training draws its task samples with other seeds (see sft_mix)
 # What every point of one results file shares. LoRA gets rank E*r = 24, as many adapter weights as the experts;
-# loramoe is LoRAMoE with the corrected localized balancing constraint (finetune.METHODS).
+# loramoe is LoRAMoE with the corrected localized balancing constraint (methods.TABLE).
 RECIPE = dict(batch_size=8, knowledge_fraction=0.5, warmup_steps=10, schedule="constant", n_test=100,
               max_new_tokens=12, num_experts=6, rank=4, alpha=32, lbc_delta=0.1, lbc_beta=0.1,
               frozen="full_ft keeps the tied embedding matrix frozen (CPU time)")
@@ -591,7 +588,7 @@ def prepare(base, method: str, lr: float, seed: int, steps: int, recipe: dict = 
                             warmup_steps=r["warmup_steps"], schedule=r["schedule"], num_experts=r["num_experts"],
                             rank=r["rank"], alpha=r["alpha"], lbc_delta=r["lbc_delta"], lbc_beta=r["lbc_beta"])
     model = prepare_model(base, config)
-    if method == "full_ft":
+    if get_method(method).adapter is None:  # full fine-tuning
         model.get_input_embeddings().requires_grad_(False)
     return model, config
 

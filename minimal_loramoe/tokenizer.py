@@ -18,7 +18,7 @@ def build_tokenizer(world: World) -> PreTrainedTokenizerFast:
 
     The vocabulary order is deterministic (special tokens, then the sorted words), so the same world always gives
     the same token ids. ``</s>`` is *not* added automatically: pretraining appends it to each document and the
-    instruction format appends it after the answer (see :func:`minimal_loramoe.evaluate.encode_examples`).
+    instruction format appends it after the answer (see :func:`minimal_loramoe.sft.encode_examples`).
     """
     if not isinstance(world, World):
         raise ValueError(f"world must be a World (see make_world), got {type(world).__name__}")

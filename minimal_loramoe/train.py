@@ -36,19 +36,14 @@ What it writes into ``--out``:
   the update; the last checkpoint is kept. The checkpoint is deleted once the result is written.
 
 ``--method`` is any method of :mod:`minimal_loramoe.finetune`, SLIM's included (``--method slim``, with the
-settings of ``finetune.METHOD_SETTINGS``; ``--top-k``, ``--num-identity-experts``, ``--num-clusters``,
+settings of its entry in ``methods.TABLE``; ``--top-k``, ``--num-identity-experts``, ``--num-clusters``,
 ``--yield-scale``, ``--l1-weight`` and ``--mask-rate`` override them). This command does not evaluate, so
 ``--mask-rate`` is only recorded: use the trained SLIM model as it was meant to be evaluated, DARE-masked, with
 ``with slim.dare_masked(model, config.mask_rate, config.seed): ...``.
 
-``--batch-size`` is per process. With P processes every step trains on a global batch of P x batch-size samples:
-the batches a one-process run with batch size P x batch-size (same seed) would use, process r training on the
-r-th slice of each. The losses are scaled so that the gradient DDP averages is the one-process gradient (see
-``sft_loop``): P processes with ``--batch-size B`` train like one process with ``--batch-size P*B``, up to
-floating-point rounding (and except for dropout masks, which each process draws for itself). One more exception:
-SLIM's weight yielding (``num_clusters > 0``: ``slim``, ``slim_no_merge``) updates its cluster statistics, buffers,
-from the tokens each process sees, and DDP broadcasts process 0's buffers at every step, so with several processes
-the clusters follow process 0's slices only. The L1 penalty needs no rescaling (see ``sft_loop``).
+``--batch-size`` is per process: P processes with ``--batch-size B`` train like one process with
+``--batch-size P*B`` (same seed), up to floating-point rounding, except for dropout masks (each process draws its
+own) and SLIM's cluster buffers (they follow process 0's slices). Why: ``sft_loop`` and book/design_notes.md.
 """
 import argparse
 import hashlib
@@ -66,9 +61,10 @@ import torch
 
 from .checkpoint import CHECKPOINT_FILE
 from .config import CONFIG_FILE
-from .evaluate import encode_examples
+from .sft import encode_examples
 from .finetune import COLUMNS, FinetuneConfig, TrainingStopped, plain_encoder, prepare_model, sft_loop
 from .inject import ADAPTER_FILE, load_adapter, load_loramoe
+from .methods import get_method
 from .utils import atomic_write_text, set_seed
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -220,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="jsonl file, one {prompt, answer, type} object per line")
     p.add_argument("--out", required=True, help="folder to write the adapters (or model), settings and history to")
     run = p.add_argument_group("the run's settings (finetune.FinetuneConfig)")
-    slim = "; default: the method's (finetune.METHOD_SETTINGS; plain LoRAMoE: off)"
+    slim = "; default: the method's (methods.TABLE; plain LoRAMoE: off)"
     for f in fields(FinetuneConfig):
         kind, nargs = _flag_type(f.type)
         help_text = f.metadata.get("help", "") + (slim if f.name in ("top_k", "num_identity_experts", "num_clusters",
@@ -353,7 +349,7 @@ def main(argv=None) -> dict:
         except TrainingStopped as err:
             if not err.nonfinite:
                 why = f"{stop.signal} received" if stop.signal else f"--stop-after {args.stop_after}"
-                resume = (f"; continue with the same command and --resume" if err.checkpoint else "")
+                resume = ("; continue with the same command and --resume" if err.checkpoint else "")
                 err.args = (f"{why}: {err}{resume}",)
             accelerator.end_training()
             raise
@@ -410,7 +406,7 @@ def load_trained(out, model_dir=None, device=None):
     out = Path(out)
     settings, config = read_settings(out)
     dtype = DTYPES[settings["dtype"]]
-    if config.method == "full_ft":
+    if get_method(config.method).adapter is None:  # full fine-tuning saved the whole model
         model = AutoModelForCausalLM.from_pretrained(out, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(out)
         return model.to(device or "cpu").eval(), tokenizer

@@ -17,15 +17,15 @@ import numpy as np
 import torch
 
 from . import resources
+from .methods import SHARES_LR_OF, TUNED_METHODS
 from .reproduce import SCALES, TUNED_LR_FILE, run_experiment
 
 LR_GRID = (2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
 # rates below LR_GRID where a method's choice would otherwise be the grid's smallest rate (a grid must bracket it)
 GRID_BELOW = {"full_ft": (2e-5, 5e-5, 1e-4)}
-# The two balancing-loss ablations share the learning rate of the recommended LoRAMoE, so that they differ from
-# it in exactly one thing (the loss term); every other method is tuned on its own.
-TUNED_METHODS = ("full_ft", "lora", "gated_lora", "loramoe", "loramoe_uniform_router")
-SHARES_LR_OF = {"loramoe_no_lbc": "loramoe", "loramoe_official_lbc": "loramoe"}
+# Which methods are tuned and which share another's learning rate is in the table of methods (Method.tuned,
+# Method.lr_of): the two balancing-loss ablations share the recommended LoRAMoE's, so that they differ from it in
+# exactly one thing (the loss term).
 MIN_DOWNSTREAM = 0.98
 TUNING_SEEDS = (100,)
 TUNING_SIZE = 16000  # tuned once here, then held fixed as the data grows (the "fixed recipe" of reproduce)

@@ -51,6 +51,7 @@ def test_options_equal_forward(bench, option):
     assert layer.last_gates.shape == (2, 5, 4) and layer.last_gates.dtype == torch.float32
 
 
+@pytest.mark.slow  # runs the benchmark's --quick path
 def test_quick_result_structure(quick, bench):
     results, out = quick
     assert results["fused_vs_loop_max_abs_diff"] < 1e-4
@@ -73,6 +74,7 @@ def test_quick_result_structure(quick, bench):
     assert len(goals) == 3 and all(isinstance(g["met"], (bool, type(None))) for g in goals.values())
 
 
+@pytest.mark.slow  # runs the benchmark's --quick path
 def test_quick_memory_and_files(quick):
     results, out = quick
     model = results["model"]["rows"]

@@ -6,7 +6,7 @@ from datasets import Dataset
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from minimal_loramoe.evaluate import IGNORE_INDEX, answer_accuracy, encode_examples
+from minimal_loramoe.evaluate import answer_accuracy
 from minimal_loramoe.model import tiny_llama_config
 from minimal_loramoe.tokenizer import build_tokenizer
 from minimal_loramoe.world import instruction_prompt, make_world
@@ -29,19 +29,6 @@ class FixedToken(nn.Module):
         logits = torch.zeros(*input_ids.shape, self.vocab_size)
         logits[..., self.token_id] = 1.0
         return SimpleNamespace(logits=logits)
-
-
-def test_encode_examples_labels_only_on_answer(tok):
-    batch = encode_examples(tok, ["Q : What is the capital of Poba ? A :", "### Instruction : What is a doubled ?"],
-                            ["red", "a a"], add_eos=[False, True])
-    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    assert ids.shape == mask.shape == labels.shape == (2, 13)
-    # <s> + 11 prompt words + "red";  <s> + 8 prompt words + "a a" + </s> + 1 padding (right)
-    assert mask[0].sum() == 13 and mask[1].sum() == 12 and ids[1, 12:].eq(tok.pad_token_id).all()
-    assert ids[0, 0] == tok.bos_token_id and ids[0, 12] == tok.convert_tokens_to_ids("red")
-    assert labels[0].ne(IGNORE_INDEX).sum() == 1 and labels[0, 12] == ids[0, 12]
-    assert labels[1, 9:12].tolist() == tok.convert_tokens_to_ids(["a", "a"]) + [tok.eos_token_id]
-    assert labels[1, :9].eq(IGNORE_INDEX).all() and labels[1, 12:].eq(IGNORE_INDEX).all()
 
 
 def test_answer_accuracy_on_a_fixed_token_model(tok):

@@ -19,6 +19,7 @@ def store(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_store_holds_one_file_per_run_and_is_not_rerun(store):
     path = reproduce.run_path("cipher", "lora", 1e-3, 1, store)
     run = json.loads(path.read_text())
@@ -86,6 +87,7 @@ def test_reproduce_only_stored_summarises_what_the_store_holds(store):
         reproduce.run_experiment(SIZES, [0], ["lora"], lrs, only_stored=True)
 
 
+@pytest.mark.slow
 def test_kept_adapters_load_and_a_rerun_for_them_repeats_the_stored_run(store):
     from safetensors.torch import load_file
     # the stored run has no adapters: keep_adapter runs it again, and the seeded run repeats exactly

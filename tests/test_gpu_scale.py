@@ -22,6 +22,8 @@ from minimal_loramoe import reproduce
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 
+pytestmark = pytest.mark.slow  # every test trains models
+
 
 def test_reproduce_gpu_scale_at_a_reduced_size(tmp_path, monkeypatch):
     gpu = reproduce.SCALES["gpu"]

@@ -12,6 +12,7 @@ def store(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_measure_reads_kept_adapters(store):
     res = mechanism.measure("cipher", 1e-3, [0], root=store)
     assert set(res["points"]) == set(mechanism.MEASURED)

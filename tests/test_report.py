@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from minimal_loramoe import fronts, report
-from minimal_loramoe.finetune import METHODS
+from minimal_loramoe.methods import METHODS
 
 
 def test_sample_std_uses_ddof_1_and_is_undefined_for_one_value():

@@ -9,6 +9,7 @@ from minimal_loramoe import reproduce
 matplotlib.use("Agg")
 
 
+@pytest.mark.slow
 def test_reproduce_cli_tiny_scale(tmp_path):
     out, fig = tmp_path / "res.json", tmp_path / "fig.png"
     reproduce.main(["--scale", "tiny", "--json", str(out),

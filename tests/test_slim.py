@@ -8,10 +8,10 @@ from torch import nn
 
 from minimal_loramoe import LoRAMoELinear, add_loramoe, adapter_layers, load_loramoe, save_loramoe
 from minimal_loramoe.balance import corrected_localized_balance_loss, model_balance_loss
-from minimal_loramoe.finetune import SLIM_METHODS, FinetuneConfig, finetune, weight_change
+from minimal_loramoe.finetune import FinetuneConfig, finetune, weight_change
+from minimal_loramoe.methods import SLIM_METHODS
 from minimal_loramoe.routing import force_group
-from minimal_loramoe.slim import (SlidingClusters, dare_masked, dare_masks, l1_penalty, merge_loramoe,
-                                  merged_weight)
+from minimal_loramoe.slim import dare_masked, dare_masks, l1_penalty, merge_loramoe, merged_weight
 
 
 def make(E=4, r=3, d_in=10, d_out=7, seed=0, **kw):
@@ -90,28 +90,6 @@ def test_force_group_blocks_identity_experts_too():
     g = layer.last_gates
     assert torch.equal(g[..., :2], torch.zeros(2, 3, 2)) and torch.equal(g[..., 4:], torch.zeros(2, 3, 2))
     torch.testing.assert_close(g.sum(-1), torch.ones(2, 3))
-
-
-def test_distance_score_hand_example():
-    c = SlidingClusters(dim=3, num_clusters=2, eps=0.0)
-    c.centres.copy_(torch.tensor([[0., 0., 0.], [10., 10., 10.]]))
-    c.var.copy_(torch.tensor([[1., 4., 1.], [1., 1., 1.]]))
-    x = torch.tensor([[1., 4., 0.], [10., 10., 10.5]])
-    # x0: cluster 0 gives max(1/1, 4/2, 0/1) = 2, cluster 1 gives 10 -> d = 2 - 1; x1: 0.5/1 from cluster 1
-    torch.testing.assert_close(c.scores(x), torch.tensor([[2., 10.], [10.5, 0.5]]))
-    torch.testing.assert_close(c.distance(x), torch.tensor([1.0, -0.5]))
-
-
-def test_sliding_update_hand_example():
-    c = SlidingClusters(dim=3, num_clusters=2, momentum=0.5, eps=0.0)
-    c.centres.copy_(torch.tensor([[0., 0., 0.], [100., 100., 100.]]))
-    c.num_updates.fill_(1)  # past the seeding step
-    c.update(torch.tensor([[2., 2., 2.], [4., 4., 4.]]))  # both tokens nearest cluster 0, mean 3
-    torch.testing.assert_close(c.centres[0], torch.full((3,), 1.5))  # 0 + 0.5 * (3 - 0)
-    # var: 1 + 0.5 * (mean of (x - 1.5)^2 = (0.25 + 6.25) / 2 - 1)
-    torch.testing.assert_close(c.var[0], torch.full((3,), 2.125))
-    assert torch.equal(c.centres[1], torch.full((3,), 100.)) and torch.equal(c.var[1], torch.ones(3))
-    torch.testing.assert_close(c.d_ref, torch.tensor(0.5 * (3.0 - 1)))  # scores 2 and 4 before the move
 
 
 def test_clusters_update_in_training_and_freeze_in_eval():
@@ -283,7 +261,6 @@ def test_new_methods_train_and_keep_the_base_frozen(pretrained, method):
     (lambda: make(num_clusters=-1), "num_clusters"),
     (lambda: make(num_clusters=2), "num_identity_experts"),  # yielding with nowhere to yield to
     (lambda: make(num_identity_experts=1, num_clusters=2, yield_scale=0), "yield_scale"),
-    (lambda: SlidingClusters(4, 2, momentum=0.0), "momentum"),
     (lambda: dare_masks(make(), 1.0), "p"),
     (lambda: dare_masks(make(), -0.1), "p"),
     (lambda: dare_masked(nn.Sequential(make()), 1.0).__enter__(), "p"),

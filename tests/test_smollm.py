@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from minimal_loramoe import add_lora, add_loramoe, smollm
-from minimal_loramoe.evaluate import answer_loss
+from minimal_loramoe.sft import answer_loss
 from minimal_loramoe.smollm import is_correct, normalize
 
 HAVE_MODEL = smollm.gguf_path() is not None or smollm._is_cached(smollm.default_cache_dir())
@@ -107,6 +107,7 @@ def test_it_is_a_real_smollm2(model_and_tokenizer):
     assert model.dtype == torch.float32 and not model.training
 
 
+@pytest.mark.slow
 @needs_model
 def test_cache_reloads_identically(model_and_tokenizer):
     model, tok = model_and_tokenizer
@@ -127,6 +128,7 @@ def test_chat_prompt_holds_the_special_tokens(model_and_tokenizer):
     assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3  # no token added twice
 
 
+@pytest.mark.slow
 @needs_model
 def test_the_base_model_knows_facts_and_not_the_task(model_and_tokenizer):
     model, tok = model_and_tokenizer
@@ -161,6 +163,7 @@ def test_answer_loss_matches_the_library_loss(model_and_tokenizer):
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @needs_model
 def test_adapters_start_as_the_base_model_and_train(model_and_tokenizer):
     import copy
@@ -311,6 +314,7 @@ def test_committed_results_are_complete():
         assert sum(p["evals"][str(p["steps"])]["kept"]) == p["knowledge_kept"]
 
 
+@pytest.mark.slow
 @needs_model
 def test_run_point_trains_a_copy_and_evaluates_along_the_way(model_and_tokenizer):
     model, tok = model_and_tokenizer
@@ -452,6 +456,7 @@ def test_registry_names_are_invented_and_unknown_to_the_base_model(model_and_tok
     assert smollm.evaluate_task(model, tok, smollm.codes_task(smollm.load_registry()[:8])) == 0.0
 
 
+@pytest.mark.slow
 @needs_model
 def test_run_point_on_the_codes_mix(model_and_tokenizer):
     model, tok = model_and_tokenizer

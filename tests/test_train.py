@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from minimal_loramoe import adapter_layers, train
-from minimal_loramoe.evaluate import answer_loss, encode_examples
+from minimal_loramoe.sft import answer_loss, encode_examples
 from minimal_loramoe.model import DEFAULT_CHECKPOINT, load_pretrained
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,14 +1,47 @@
-"""The fixed recipe's tuning rule (minimal_loramoe.tune) and the committed choice it made."""
+"""tune: the selection rule, and the command over a stubbed experiment."""
 import json
+
+import pytest
 
 from minimal_loramoe import tune
 from minimal_loramoe.reproduce import TUNED_LR_FILE
 
 
-def test_select_takes_the_most_knowledge_among_rates_that_learn_the_tasks_else_the_best_tasks():
-    grid = {1e-4: (0.99, 0.97), 2e-4: (0.98, 0.99), 5e-4: (0.90, 1.0)}
-    assert tune.select(grid) == 2e-4
-    assert tune.select({1e-4: (0.99, 0.5), 2e-4: (0.9, 0.7)}) == 2e-4  # none reaches the bar: best tasks
+def test_select_takes_the_best_knowledge_among_rates_that_learn_the_tasks():
+    grid = {1e-4: (0.9, 0.5), 5e-4: (0.8, 0.99), 1e-3: (0.7, 1.0), 2e-3: (0.85, 0.98)}
+    assert tune.select(grid) == 2e-3  # 1e-4 keeps more knowledge but does not reach MIN_DOWNSTREAM
+
+
+def test_select_falls_back_to_the_best_downstream_when_no_rate_learns_enough():
+    assert tune.select({1e-4: (0.9, 0.5), 1e-3: (0.2, 0.9)}) == 1e-3
+
+
+def test_select_counts_the_threshold_itself_as_enough():
+    assert tune.select({1e-4: (0.9, tune.MIN_DOWNSTREAM), 1e-3: (0.2, 1.0)}) == 1e-4
+
+
+def test_main_measures_only_what_is_missing_and_shares_rates(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run_experiment(sizes, seeds, methods, lrs, n_per_task, progress):
+        (method,) = methods
+        calls.append((method, lrs[method]))
+        final = {"knowledge": lrs[method] * 100, "downstream": 1.0}
+        return {"runs": {method: {s: {sizes[-1]: final} for s in seeds}}}
+
+    monkeypatch.setattr(tune, "run_experiment", fake_run_experiment)
+    out = tmp_path / "tuned.json"
+    tune.main(["--methods", "loramoe", "--grid", "1e-3", "2e-3", "--out", str(out)])
+    assert calls == [("loramoe", 1e-3), ("loramoe", 2e-3)]
+    result = json.loads(out.read_text())
+    assert result["lr"] == {"loramoe": 2e-3, **{m: 2e-3 for m, of in tune.SHARES_LR_OF.items() if of == "loramoe"}}
+    tune.main(["--methods", "loramoe", "--grid", "1e-3", "2e-3", "5e-3", "--out", str(out)])
+    assert calls[2:] == [("loramoe", 5e-3)]  # stored grid points are not measured again
+
+
+def test_only_tuned_methods_are_accepted():
+    with pytest.raises(SystemExit):
+        tune.main(["--methods", "slim"])
 
 
 def test_every_committed_choice_is_inside_its_grid():
