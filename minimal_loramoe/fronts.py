@@ -138,27 +138,39 @@ def compare(fronts: dict, a: str, b: str) -> dict:
     return {"diff": diff, "low": low, "high": high, "clear": low is not None and (low > 0 or high < 0)}
 
 
-def plot_fronts(fronts: dict, learned: str = "downstream", methods=("full_ft", "lora", "loramoe"), ax=None):
-    """Knowledge kept (y) against what was learned (x): each method's points (one per learning rate, labelled)
-    joined in order of learning, so the line is the method's front; its front point (:func:`best_at`) is ringed.
+def pareto(points: dict, learned: str) -> list:
+    """The learning rates of ``points`` (``{lr: point}``) on the front: no other point learned at least as much and
+    kept at least as much knowledge (better in one). Ordered by what was learned."""
+    xy = {lr: (p[learned], p["knowledge"]) for lr, p in points.items()}
+    front = [lr for lr, (x, y) in xy.items()
+             if not any(x2 >= x and y2 >= y and (x2, y2) != (x, y) for x2, y2 in xy.values())]
+    return sorted(front, key=lambda lr: xy[lr])
 
-    Error bars: sample standard deviation over seeds (none for one seed); one colour per method
-    (``report.METHOD_COLORS``). Up and to the right is better; the dotted line is the bar of the front rule.
+
+def plot_fronts(fronts: dict, learned: str = "downstream", methods=("full_ft", "lora", "loramoe"), ax=None):
+    """Knowledge kept (y) against what was learned (x): every point of a method (one per learning rate, labelled,
+    error bars: sample standard deviation over seeds, none for one seed) and, as a line, its front — the points
+    no other point of the method beats in both (:func:`pareto`); the front point of the book's rule
+    (:func:`best_at`) is ringed. One colour per method (``report.METHOD_COLORS``). Up and to the right is better;
+    the dotted line is the rule's bar.
     """
     import matplotlib.pyplot as plt
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4.5), facecolor="white")
     for method in methods:
         grid = fronts["tradeoff"].get(method, {})
-        lrs = sorted(grid, key=lambda lr: (grid[lr][learned], -float(lr)))  # along the front: by what was learned
-        if not lrs:
+        if not grid:
             continue
         colour = color_of(method)
+        front = pareto(grid, learned)
+        ax.plot([grid[lr][learned] for lr in front], [grid[lr]["knowledge"] for lr in front], "-", color=colour,
+                label=method)
+        lrs = sorted(grid, key=float)
         x = [grid[lr][learned] for lr in lrs]
         y = [grid[lr]["knowledge"] for lr in lrs]
         xe = [grid[lr].get(learned + "_std") or 0.0 for lr in lrs]
         ye = [grid[lr].get("knowledge_std") or 0.0 for lr in lrs]
-        ax.errorbar(x, y, xerr=xe, yerr=ye, marker="o", capsize=2, label=method, color=colour)
+        ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", capsize=2, color=colour)
         for xi, yi, lr in zip(x, y, lrs):
             ax.annotate(f"{float(lr):g}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7,
                         color=colour)

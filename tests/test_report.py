@@ -59,12 +59,16 @@ def test_front_point_reports_the_rule_and_whether_the_grid_is_bracketed():
         fronts.compare(toy, "full_ft", "lora")
 
 
-def test_plot_fronts_joins_points_in_order_of_learning():
+def test_plot_fronts_draws_the_front_through_the_undominated_points_in_order_of_learning():
     import matplotlib
     matplotlib.use("Agg")
-    ax = fronts.plot_fronts(_toy(), "new_content", ["lora"])
-    xs = ax.get_lines()[0].get_xdata()
-    assert list(xs) == sorted(xs)
+    toy = _toy()
+    toy["tradeoff"]["lora"]["0.002"] = {"knowledge": 0.3, "new_content": 0.4, "seeds": [0],  # broke down: dominated
+                                        "per_seed": {"knowledge": [0.3]}}
+    assert fronts.pareto(toy["tradeoff"]["lora"], "new_content") == ["0.0002", "0.0005", "0.001"]
+    ax = fronts.plot_fronts(toy, "new_content", ["lora"])
+    xs = list(ax.get_lines()[0].get_xdata())
+    assert xs == sorted(xs) and 0.4 not in xs
 
 
 def test_format_diff_says_clear_or_why_there_is_no_interval():
