@@ -174,7 +174,7 @@ def plot_fronts(fronts: dict, learned: str = "downstream", methods=("full_ft", "
         for xi, yi, lr in zip(x, y, lrs):
             ax.annotate(f"{float(lr):g}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7,
                         color=colour)
-        best, point = best_at(fronts, method, learned)
+        _, point = best_at(fronts, method, learned)
         if point is not None:
             ax.scatter([point[learned]], [point["knowledge"]], s=160, facecolors="none", edgecolors=colour, lw=1.5)
     ax.axvline(LEARNED_BAR, color="grey", ls=":", lw=1)
