@@ -32,6 +32,8 @@ class Method:
     ``lr_grid``: the learning rates the fronts try (``python -m minimal_loramoe.fronts``).
     ``tuned``: ``python -m minimal_loramoe.tune`` tunes its learning rate; ``lr_of``: it uses that method's tuned
     learning rate instead. A method with neither is compared on the fronts only.
+    ``variant_of``: the method whose own settings this entry tunes (one point of SLIM's grid of L1 weight and
+    DARE rate); it trains and is stored as a method of its own, and is drawn in that method's colour.
     """
     name: str
     adapter: str | None
@@ -42,6 +44,7 @@ class Method:
     lr_grid: tuple = ()
     tuned: bool = False
     lr_of: str | None = None
+    variant_of: str | None = None
 
     def __post_init__(self):
         if self.adapter not in ADAPTERS:
@@ -105,10 +108,33 @@ TABLE = {m.name: m for m in (
            settings={**_SLIM, "l1_weight": 0.0, "mask_rate": 0.0}, lr_grid=_ADAPTER_GRID),
 )}
 
+
+def slim_variant(l1_weight: float, mask_rate: float) -> str:
+    """The table's name of SLIM at L1 weight ``l1_weight`` and DARE rate ``mask_rate`` (``slim_l1w1_p0.1``)."""
+    return f"slim_l1w{l1_weight:g}_p{mask_rate:g}"
+
+
+# SLIM's two own knobs, tuned on the cipher mix (chapter 9): the weight of its L1 penalty (training) and DARE's
+# masking rate p (evaluation only: variants that differ only in p train the same model). slim and slim_no_merge
+# are two corners of this grid.
+SLIM_L1_WEIGHTS = (0.0, 0.1, 1.0, 10.0)
+SLIM_MASK_RATES = (0.0, 0.1, 0.25, 0.5)
+_CORNERS = {(_SLIM["l1_weight"], _SLIM["mask_rate"]): "slim", (0.0, 0.0): "slim_no_merge"}
+for _l1 in SLIM_L1_WEIGHTS:
+    for _p in SLIM_MASK_RATES:
+        if (_l1, _p) not in _CORNERS:
+            _name = slim_variant(_l1, _p)
+            TABLE[_name] = Method(_name, "LORAMOE", f"slim at L1 weight {_l1:g} and DARE rate {_p:g}",
+                                  settings={**_SLIM, "l1_weight": _l1, "mask_rate": _p}, lr_grid=_ADAPTER_GRID,
+                                  variant_of="slim")
+
 # ------------------------------------------------------------------------------------------ views of the table
 METHODS = tuple(TABLE)
-METHOD_SETTINGS = {m.name: dict(m.settings) for m in TABLE.values() if m.settings}
+METHOD_SETTINGS = {m.name: dict(m.settings) for m in TABLE.values() if m.settings and m.variant_of is None}
 SLIM_METHODS = tuple(METHOD_SETTINGS)
+# SLIM's grid of L1 weight x DARE rate: {(l1_weight, mask_rate): method name}, its two corners included
+SLIM_GRID = {(m.settings["l1_weight"], m.settings["mask_rate"]): m.name for m in TABLE.values()
+             if m.name == "slim" or m.variant_of == "slim" or m.name == "slim_no_merge"}
 LBC_OF_METHOD = {m.name: m.lbc for m in TABLE.values() if m.lbc is not None}
 PEFT_TYPE_OF_METHOD = {m.name: m.adapter for m in TABLE.values() if m.adapter not in (None, "LORAMOE")}
 TUNED_METHODS = tuple(m.name for m in TABLE.values() if m.tuned)
@@ -139,6 +165,8 @@ def check_table() -> None:
     for m in TABLE.values():
         if m.lr_of is not None and not (m.lr_of in TABLE and TABLE[m.lr_of].tuned):
             raise ValueError(f"{m.name}: lr_of={m.lr_of!r} is not a tuned method")
+        if m.variant_of is not None and (m.variant_of not in TABLE or TABLE[m.variant_of].variant_of is not None):
+            raise ValueError(f"{m.name}: variant_of={m.variant_of!r} is not a method of its own")
 
 
 check_table()

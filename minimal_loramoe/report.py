@@ -26,7 +26,11 @@ METHOD_COLORS = {
 
 
 def color_of(method: str) -> str:
-    """The method's colour (a matplotlib colour name); ``KeyError`` names the methods that have one."""
+    """The method's colour (a matplotlib colour name; a variant of a method, ``methods.Method.variant_of``, has
+    that method's); ``KeyError`` names the methods that have one."""
+    from .methods import TABLE
+    if method in TABLE and TABLE[method].variant_of is not None:
+        method = TABLE[method].variant_of
     if method not in METHOD_COLORS:
         raise KeyError(f"no colour for method {method!r}; methods with one: {sorted(METHOD_COLORS)}")
     return METHOD_COLORS[method]

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from minimal_loramoe import GatedLoRALinear, LoRALinear, LoRAMoELinear, adapter_layers, fronts, methods, tune
+from minimal_loramoe import GatedLoRALinear, LoRALinear, LoRAMoELinear, adapter_layers, fronts, methods, report, tune
 from minimal_loramoe.finetune import FinetuneConfig, prepare_model
 from minimal_loramoe.methods import TABLE, Method, get_method, method_of_adapter
 
@@ -46,8 +46,23 @@ def test_the_views_are_the_table():
     assert methods.SLIM_METHODS == ("mixlora_top2", "slim", "slim_no_identity", "slim_no_yield", "slim_no_merge")
     assert tune.TUNED_METHODS == ("full_ft", "lora", "gated_lora", "loramoe", "loramoe_uniform_router")
     assert tune.SHARES_LR_OF == {"loramoe_no_lbc": "loramoe", "loramoe_official_lbc": "loramoe"}
-    assert set(methods.FRONTS_ONLY) == set(methods.SLIM_METHODS) | {"loramoe_swapped_lbc", "loramoe_mean_lbc"}
-    assert set(methods.MIXTURE_METHODS) == {n for n in TABLE if n.startswith("loramoe")} | set(methods.SLIM_METHODS)
+    variants = {n for n, m in TABLE.items() if m.variant_of is not None}
+    assert set(methods.FRONTS_ONLY) == set(methods.SLIM_METHODS) | {"loramoe_swapped_lbc", "loramoe_mean_lbc"} | variants
+    assert set(methods.MIXTURE_METHODS) == ({n for n in TABLE if n.startswith("loramoe")} | set(methods.SLIM_METHODS)
+                                            | variants)
+
+
+def test_slims_grid_is_every_l1_weight_by_every_dare_rate_with_its_corners():
+    grid = methods.SLIM_GRID
+    assert set(grid) == {(l1, p) for l1 in methods.SLIM_L1_WEIGHTS for p in methods.SLIM_MASK_RATES}
+    assert grid[10.0, 0.5] == "slim" and grid[0.0, 0.0] == "slim_no_merge" and grid[1.0, 0.1] == "slim_l1w1_p0.1"
+    for (l1, p), name in grid.items():
+        m = TABLE[name]
+        assert m.settings["l1_weight"] == l1 and m.settings["mask_rate"] == p
+        assert {k: v for k, v in m.settings.items() if k not in ("l1_weight", "mask_rate")} == {
+            k: v for k, v in TABLE["slim"].settings.items() if k not in ("l1_weight", "mask_rate")}
+        assert m.variant_of == ("slim" if name not in ("slim", "slim_no_merge") else None)
+    assert report.color_of("slim_l1w1_p0.1") == report.color_of("slim")
 
 
 def test_an_adapter_kind_maps_back_to_its_plain_method():
