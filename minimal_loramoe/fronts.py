@@ -31,7 +31,8 @@ from tqdm import tqdm
 from .methods import FRONTS_LR_GRIDS, METHODS, get_method
 from . import resources
 from .report import LEARNED, LEARNED_BAR, color_of, diff_ci95, sample_std
-from .reproduce import RESULTS_DIR, RUNS_DIR, SCALES, adapter_path, load_run, plot_curves, run_point
+from .reproduce import (KNOWLEDGE_FRACTION, RESULTS_DIR, RUNS_DIR, SCALES, adapter_path, load_run, one_run,
+                        plot_curves, run_point)
 from .world import MIXES
 
 SFT_SIZES = tuple(SCALES["full"]["sft_sizes"])  # evaluated along one pass (constant lr after warm-up)
@@ -86,19 +87,69 @@ def collect(mix: str, root=RUNS_DIR, sizes=SFT_SIZES) -> dict:
         for r in runs:
             by_lr.setdefault(r["lr"], []).append(r)
         for lr in sorted(by_lr):
-            rs = sorted(by_lr[lr], key=lambda r: r["seed"])
-            point = {"seeds": [r["seed"] for r in rs], "per_seed": {}, "curve": {}}
-            for key in METRICS:
-                if key not in rs[0]["evals"][largest]:
-                    continue
-                vals = np.array([r["evals"][largest][key] for r in rs])
-                point[key] = round(float(vals.mean()), 4)
-                std = sample_std(vals)
-                point[key + "_std"] = None if std is None else round(std, 4)
-                point["per_seed"][key] = vals.round(4).tolist()
-                point["curve"][key] = [round(float(np.mean([r["evals"][str(n)][key] for r in rs])), 4)
-                                       for n in sizes]
-            out["tradeoff"].setdefault(method, {})[f"{lr:g}"] = point
+            out["tradeoff"].setdefault(method, {})[f"{lr:g}"] = _point(by_lr[lr], sizes)
+    return out
+
+
+def _point(runs, sizes) -> dict:
+    """One point of the fronts schema from the runs of one (method, lr) (``{"seed", "evals": {str(size): ...}}``)."""
+    rs = sorted(runs, key=lambda r: r["seed"])
+    largest = str(max(sizes))
+    point = {"seeds": [r["seed"] for r in rs], "per_seed": {}, "curve": {}}
+    for key in METRICS:
+        if key not in rs[0]["evals"][largest]:
+            continue
+        vals = np.array([r["evals"][largest][key] for r in rs])
+        point[key] = round(float(vals.mean()), 4)
+        std = sample_std(vals)
+        point[key + "_std"] = None if std is None else round(std, 4)
+        point["per_seed"][key] = vals.round(4).tolist()
+        point["curve"][key] = [round(float(np.mean([r["evals"][str(n)][key] for r in rs])), 4) for n in sizes]
+    return point
+
+
+def live_fronts(points, size: int, new_content_fraction: float, seed: int = 0, workers: int = 2, device=None,
+                progress: bool = True) -> dict:
+    """Fine-tune each ``(method, lr)`` of ``points`` once (seed ``seed``) on ``size`` rows of a denser cipher mix
+    (``new_content_fraction`` of new content, ``reproduce.KNOWLEDGE_FRACTION`` of knowledge, the rest the easy
+    tasks) and return the fronts schema of :func:`collect` (``mix="cipher"``, one seed per point: no spread), for
+    :func:`plot_fronts` and :func:`front_point`. ``workers`` processes side by side, one CPU thread each (on a GPU,
+    ``device="cuda"``, one after the other). Nothing is stored."""
+    for method, lr in points:
+        get_method(method)
+        if not lr > 0:
+            raise ValueError(f"learning rates must be > 0, got {lr!r} for {method!r}")
+    if int(size) != size or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    if not 0 < new_content_fraction <= 1 - KNOWLEDGE_FRACTION:
+        raise ValueError(f"new_content_fraction must be in (0, {1 - KNOWLEDGE_FRACTION:g}], got {new_content_fraction!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers!r}")
+    gpu = device is not None and torch.device(device).type != "cpu"
+    kw = dict(mix="cipher", new_content_fraction=new_content_fraction, device=device)
+    out = {"mix": "cipher", "sft_sizes": [size], "largest": size, "new_content_fraction": new_content_fraction,
+           "tradeoff": {}}
+    bar = tqdm(total=len(points), desc="live fine-tuning runs", disable=not progress)
+
+    def report(method, lr, evals):
+        run = {"seed": seed, "evals": {str(n): {k: v for k, v in e.items() if k in METRICS} for n, e in evals.items()}}
+        out["tradeoff"].setdefault(method, {})[f"{lr:g}"] = _point([run], [size])
+        bar.update()
+
+    if workers == 1 or gpu:
+        for method, lr in points:
+            report(method, lr, one_run(method, seed, lr, [size], **kw))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = [(m, lr, pool.submit(one_run, m, seed, lr, [size], threads=1, **kw)) for m, lr in points]
+            for method, lr, fut in futures:
+                report(method, lr, fut.result())
+    bar.close()
+    order = [m for m, _ in points]
+    out["tradeoff"] = {m: dict(sorted(out["tradeoff"][m].items(), key=lambda kv: float(kv[0])))
+                       for m in dict.fromkeys(order)}
     return out
 
 

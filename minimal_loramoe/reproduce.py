@@ -115,15 +115,18 @@ DEFAULT_CHECKPOINT = resources.CHECKPOINT_DIR
 
 
 def one_run(method, seed, lr, sizes, n_per_task=100, checkpoint=None, device=None, progress=False, threads=None,
-            config_overrides=None, mix="easy", adapter_path=None):
+            config_overrides=None, mix="easy", adapter_path=None, new_content_fraction=None):
     """Fine-tune one (method, seed) and return its evaluations ``{size: metrics}`` (runs in a worker process too).
 
-    ``adapter_path``: also write the trained adapters there (``inject.save_loramoe``; not for full fine-tuning)."""
+    ``adapter_path``: also write the trained adapters there (``inject.save_loramoe``; not for full fine-tuning).
+    ``new_content_fraction``: the cipher mix's share of new-content rows (None: ``world.sft_dataset``'s default,
+    the mix the run store holds)."""
     if threads:
         torch.set_num_threads(threads)
     base, tokenizer, world = load_pretrained(checkpoint or DEFAULT_CHECKPOINT, device=device)
     evaluate = make_evaluator(tokenizer, world, n_per_task, mix)
-    data = sft_dataset(world, sizes[-1], knowledge_fraction=KNOWLEDGE_FRACTION, seed=seed, mix=mix)
+    dense = {} if new_content_fraction is None else {"new_content_fraction": new_content_fraction}
+    data = sft_dataset(world, sizes[-1], knowledge_fraction=KNOWLEDGE_FRACTION, seed=seed, mix=mix, **dense)
     cfg = FinetuneConfig(method=EXTRA_RUNS.get(method, (method,))[0], lr=lr, seed=seed, **(config_overrides or {}))
     t0 = time.time()
     model, hist = finetune(base, tokenizer, data, cfg, eval_every=sizes, eval_fn=lambda m, n: evaluate(m),

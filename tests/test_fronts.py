@@ -104,3 +104,27 @@ def test_kept_adapters_load_and_a_rerun_for_them_repeats_the_stored_run(store):
     assert json.loads(reproduce.adapter_path("cipher", "gated_lora", 1e-3, 0, store).with_suffix(".json")
                       .read_text())["repeats_stored_run"] is None
     assert set(fronts.collect("cipher", root=store, sizes=SIZES)["tradeoff"]["lora"]) == {"0.001"}
+
+
+@pytest.mark.slow
+def test_live_fronts_is_the_fronts_schema_of_runs_on_a_denser_cipher_mix():
+    live = fronts.live_fronts([("lora", 1e-3), ("full_ft", 1e-4)], 128, 0.7, workers=1, progress=False)
+    assert live["mix"] == "cipher" and live["largest"] == 128 and list(live["tradeoff"]) == ["lora", "full_ft"]
+    point = live["tradeoff"]["lora"]["0.001"]
+    assert point["seeds"] == [0] and point["knowledge_std"] is None and 0 <= point["new_content"] <= 1
+    # the same run as one_run on that mix
+    evals = reproduce.one_run("lora", 0, 1e-3, [128], mix="cipher", new_content_fraction=0.7)
+    assert point["knowledge"] == round(evals[128]["knowledge"], 4)
+    world = reproduce.load_pretrained()[2]
+    n_new = [sft_dataset(world, 1000, 0.2, 0, "cipher", f)["task"].count("cipher") for f in (0.3, 0.7)]
+    assert 250 < n_new[0] < 350 and 650 < n_new[1] < 750  # denser than the store's mix
+
+
+@pytest.mark.parametrize("kw, match", [(dict(points=[("nope", 1e-3)]), "method"),
+                                       (dict(points=[("lora", 0)]), "learning rates"),
+                                       (dict(size=0), "size"), (dict(new_content_fraction=0.9), "new_content_fraction"),
+                                       (dict(workers=0), "workers")])
+def test_live_fronts_names_a_bad_argument_before_any_work(kw, match):
+    args = {**dict(points=[("lora", 1e-3)], size=64, new_content_fraction=0.5), **kw}
+    with pytest.raises(ValueError, match=match):
+        fronts.live_fronts(**args)
