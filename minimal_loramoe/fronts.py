@@ -109,12 +109,13 @@ def _point(runs, sizes) -> dict:
 
 
 def live_fronts(points, size: int, new_content_fraction: float, seed: int = 0, workers: int = 2, device=None,
-                progress: bool = True) -> dict:
+                progress: bool = True, eval_sizes=()) -> dict:
     """Fine-tune each ``(method, lr)`` of ``points`` once (seed ``seed``) on ``size`` rows of a denser cipher mix
     (``new_content_fraction`` of new content, ``reproduce.KNOWLEDGE_FRACTION`` of knowledge, the rest the easy
     tasks) and return the fronts schema of :func:`collect` (``mix="cipher"``, one seed per point: no spread), for
     :func:`plot_fronts` and :func:`front_point`. ``workers`` processes side by side, one CPU thread each (on a GPU,
-    ``device="cuda"``, one after the other). Nothing is stored."""
+    ``device="cuda"``, one after the other). ``eval_sizes``: also evaluate after these numbers of rows (the
+    point's ``curve``). Nothing is stored (``python -m minimal_loramoe.fronts live`` stores, see :func:`live_key`)."""
     for method, lr in points:
         get_method(method)
         if not lr > 0:
@@ -125,25 +126,28 @@ def live_fronts(points, size: int, new_content_fraction: float, seed: int = 0, w
         raise ValueError(f"new_content_fraction must be in (0, {1 - KNOWLEDGE_FRACTION:g}], got {new_content_fraction!r}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers!r}")
+    sizes = sorted({*eval_sizes, size})
+    if sizes[0] < 1 or sizes[-1] != size:
+        raise ValueError(f"eval_sizes must lie in [1, size={size}], got {list(eval_sizes)}")
     gpu = device is not None and torch.device(device).type != "cpu"
     kw = dict(mix="cipher", new_content_fraction=new_content_fraction, device=device)
-    out = {"mix": "cipher", "sft_sizes": [size], "largest": size, "new_content_fraction": new_content_fraction,
-           "tradeoff": {}}
+    out = {"mix": "cipher", "sft_sizes": sizes, "largest": size, "new_content_fraction": new_content_fraction,
+           "seed": seed, "tradeoff": {}}
     bar = tqdm(total=len(points), desc="live fine-tuning runs", disable=not progress)
 
     def report(method, lr, evals):
         run = {"seed": seed, "evals": {str(n): {k: v for k, v in e.items() if k in METRICS} for n, e in evals.items()}}
-        out["tradeoff"].setdefault(method, {})[f"{lr:g}"] = _point([run], [size])
+        out["tradeoff"].setdefault(method, {})[f"{lr:g}"] = _point([run], sizes)
         bar.update()
 
     if workers == 1 or gpu:
         for method, lr in points:
-            report(method, lr, one_run(method, seed, lr, [size], **kw))
+            report(method, lr, one_run(method, seed, lr, sizes, **kw))
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [(m, lr, pool.submit(one_run, m, seed, lr, [size], threads=1, **kw)) for m, lr in points]
+            futures = [(m, lr, pool.submit(one_run, m, seed, lr, sizes, threads=1, **kw)) for m, lr in points]
             for method, lr, fut in futures:
                 report(method, lr, fut.result())
     bar.close()
@@ -151,6 +155,37 @@ def live_fronts(points, size: int, new_content_fraction: float, seed: int = 0, w
     out["tradeoff"] = {m: dict(sorted(out["tradeoff"][m].items(), key=lambda kv: float(kv[0])))
                        for m in dict.fromkeys(order)}
     return out
+
+
+LIVE_FILE = "live_cipher.json"  # the search for chapter 7's live setting: {live_key: live_fronts(...)}
+
+
+def live_key(size: int, new_content_fraction: float, seed: int = 0) -> str:
+    """The key of one live setting in ``live_cipher.json``: ``"f0.7-n64000-seed0"``."""
+    return f"f{new_content_fraction:g}-n{size}-seed{seed}"
+
+
+def run_live(path, points, size, new_content_fraction, seed=0, workers=2, eval_sizes=(), progress=True) -> dict:
+    """:func:`live_fronts` for the ``points`` not yet in the JSON file ``path``, merged into it (resumable: the file
+    is rewritten after the runs, every earlier point kept). Returns that setting's fronts."""
+    path = Path(path)
+    store = json.loads(path.read_text()) if path.is_file() else {}
+    key = live_key(size, new_content_fraction, seed)
+    have = store.get(key, {"tradeoff": {}})
+    todo = [(m, lr) for m, lr in points if f"{lr:g}" not in have["tradeoff"].get(m, {})]
+    if todo:
+        new = live_fronts(todo, size, new_content_fraction, seed, workers, progress=progress, eval_sizes=eval_sizes)
+        if have["tradeoff"] and new["sft_sizes"] != have["sft_sizes"]:
+            raise ValueError(f"{path}: {key} was evaluated at {have['sft_sizes']}, not {new['sft_sizes']}")
+        for m, pts in new["tradeoff"].items():
+            have["tradeoff"].setdefault(m, {}).update(pts)
+            have["tradeoff"][m] = dict(sorted(have["tradeoff"][m].items(), key=lambda kv: float(kv[0])))
+        store[key] = {**new, "tradeoff": have["tradeoff"]}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(store, indent=1))
+        tmp.replace(path)
+    return store[key]
 
 
 def best_at(fronts: dict, method: str, learned: str = "downstream", at_least: float = LEARNED_BAR):
@@ -261,20 +296,40 @@ def main(argv=None):
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="fine-tune the grid points not yet stored")
     r.add_argument("--mix", choices=MIXES, required=True)
-    r.add_argument("--methods", nargs="+", choices=METHODS, default=["full_ft", "lora", "loramoe"])
+    r.add_argument("--methods", nargs="+", choices=METHODS, default=["full_ft", "lora", "loramoe"], metavar="METHOD",
+                   help="methods.METHODS (default: full_ft lora loramoe)")
     r.add_argument("--lrs", nargs="+", type=float, help="learning rates (default: each method's grid in GRIDS)")
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--keep-adapters", action="store_true",
                    help="keep each run's trained adapters beside it (for python -m minimal_loramoe.mechanism)")
+    lv = sub.add_parser("live", help="the search for a live setting: (method, lr) points on a denser cipher mix, "
+                        f"merged into {LIVE_FILE}")
+    lv.add_argument("--fraction", type=float, required=True, help="share of new-content (cipher) rows")
+    lv.add_argument("--size", type=int, default=64000, help="SFT rows per run")
+    lv.add_argument("--methods", nargs="+", choices=METHODS, required=True, metavar="METHOD", help="methods.METHODS")
+    lv.add_argument("--lrs", nargs="+", type=float, required=True, help="every method at every rate")
+    lv.add_argument("--seed", type=int, default=0)
+    lv.add_argument("--eval-sizes", nargs="*", type=int, default=[], help="also evaluate after these many rows")
+    lv.add_argument("--workers", type=int, default=2)
     c = sub.add_parser("collect", help="average the stored runs into fronts_<mix>.json")
     c.add_argument("--mix", nargs="+", choices=MIXES, default=list(MIXES))
     c.add_argument("--figure", help="also draw the summary figure (reads the committed reproduce_cpu.json)")
+    lv.add_argument("--store", action="store_true", help=resources.STORE_HELP + f": the committed {LIVE_FILE}")
     for q in (r, c):
         q.add_argument("--root", help="the run store (default: runs/store)")
         q.add_argument("--store", action="store_true", help=resources.STORE_HELP +
                        ": the committed run store, and collect writes the committed fronts_<mix>.json")
     args = p.parse_args(argv)
+    if args.command == "live":
+        path = (RESULTS_DIR if args.store else resources.DEFAULT_OUT_DIR) / LIVE_FILE
+        live = run_live(path, [(m, lr) for m in args.methods for lr in args.lrs], args.size, args.fraction,
+                        args.seed, args.workers, args.eval_sizes)
+        for m, pts in live["tradeoff"].items():
+            for lr, q in pts.items():
+                print(f"{m:<24}lr {float(lr):<8g}knowledge {q['knowledge']:.3f}  new content {q['new_content']:.3f}")
+        print(f"written to {path}")
+        return
     root = resources.cli_out(args.root, args.store, RUNS_DIR, "store")
     out_dir = RESULTS_DIR if args.store else resources.DEFAULT_OUT_DIR
     if args.command == "run":
