@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .methods import FRONTS_LR_GRIDS, METHODS, get_method
+from .methods import FRONTS_LR_GRIDS, METHODS, SLIM_GRID, get_method
 from . import resources
 from .report import LEARNED, LEARNED_BAR, color_of, diff_ci95, sample_std
 from .reproduce import (KNOWLEDGE_FRACTION, RESULTS_DIR, RUNS_DIR, SCALES, adapter_path, load_run, one_run,
@@ -211,6 +211,26 @@ def front_point(fronts: dict, method: str) -> dict | None:
     rates = sorted(fronts["tradeoff"][method], key=float)
     return {"lr": lr, "point": point, "rates": rates, "bracketed": rates[0] != lr != rates[-1],
             "seeds": len(point["seeds"])}
+
+
+def family_point(fronts: dict, base: str) -> dict:
+    """The book's rule over a method *and its variants* (``methods.Method.variant_of``: e.g. SLIM at every L1
+    weight and DARE rate): ``{"points": {(name, lr): point} of every one run, "best": (name, lr, point) -- the most
+    knowledge among the points that learned enough (``report.LEARNED``, ``LEARNED_BAR``), or None --,
+    "most_learned": (name, lr, point) -- the point that learned most, ties to more knowledge}``."""
+    from .methods import TABLE
+    names = [n for n, m in TABLE.items() if n == base or m.variant_of == base]
+    if base == "slim":
+        names += [n for n in SLIM_GRID.values() if n not in names]  # slim_no_merge: a corner of SLIM's grid
+    learned = LEARNED[fronts["mix"]]
+    points = {(n, lr): p for n in names for lr, p in fronts["tradeoff"].get(n, {}).items()}
+    if not points:
+        raise ValueError(f"no runs of {base!r} or its variants in these fronts")
+    passed = {k: p for k, p in points.items() if p.get(learned, -1) >= LEARNED_BAR}
+    best = max(passed, key=lambda k: passed[k]["knowledge"]) if passed else None
+    top = max(points, key=lambda k: (points[k].get(learned, -1), points[k]["knowledge"]))
+    return {"points": points, "best": None if best is None else (*best, passed[best]),
+            "most_learned": (*top, points[top])}
 
 
 def compare(fronts: dict, a: str, b: str) -> dict:

@@ -128,3 +128,18 @@ def test_live_fronts_names_a_bad_argument_before_any_work(kw, match):
     args = {**dict(points=[("lora", 1e-3)], size=64, new_content_fraction=0.5), **kw}
     with pytest.raises(ValueError, match=match):
         fronts.live_fronts(**args)
+
+
+def test_family_point_applies_the_rule_over_slims_whole_grid():
+    pt = lambda new, k: {"new_content": new, "knowledge": k, "seeds": [0]}  # noqa: E731
+    fr = {"mix": "cipher", "tradeoff": {"slim": {"0.0005": pt(0.0, 0.98)},
+                                        "slim_no_merge": {"0.0005": pt(0.87, 0.89), "0.001": pt(0.76, 0.74)},
+                                        "slim_l1w1_p0": {"0.0005": pt(0.91, 0.80), "0.001": pt(0.95, 0.70)},
+                                        "loramoe": {"0.0005": pt(0.99, 0.99)}}}
+    fam = fronts.family_point(fr, "slim")
+    assert len(fam["points"]) == 5 and ("loramoe", "0.0005") not in fam["points"]
+    assert fam["best"][:2] == ("slim_l1w1_p0", "0.0005") and fam["most_learned"][:2] == ("slim_l1w1_p0", "0.001")
+    fr["tradeoff"].pop("slim_l1w1_p0")
+    assert fronts.family_point(fr, "slim")["best"] is None
+    with pytest.raises(ValueError, match="no runs"):
+        fronts.family_point({"mix": "cipher", "tradeoff": {}}, "slim")
