@@ -32,6 +32,10 @@ def moe(tiny_llama, tok):
     return model.eval()
 
 
+def test_short_name():
+    assert anatomy.short_name("model.layers.1.mlp.down_proj") == "L1 down_proj"
+
+
 def test_tv_and_gate_spread():
     p, q = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     assert anatomy.tv(p, q).item() == 1.0 and anatomy.tv(p, p).item() == 0.0
