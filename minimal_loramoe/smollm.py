@@ -780,6 +780,108 @@ def results_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- reading a results file (chapter 10's figures)
+
+METHOD_LABELS = {"full_ft": "full fine-tuning", "lora": "LoRA (rank 24)",
+                 "loramoe": "LoRAMoE (6 x rank 4) + corrected LBC", "gated_lora": "gated LoRA"}
+
+
+def grid_points(results: dict, steps: int, seed: int = 0) -> dict:
+    """The points of ``results`` run for ``steps`` steps with ``seed``, as ``{(method, lr): point}``."""
+    return {(p["method"], p["lr"]): p for p in results["points"] if p["steps"] == steps and p["seed"] == seed}
+
+
+def eval_steps(results: dict, steps: int) -> list[int]:
+    """The steps at which the runs of ``steps`` steps in ``results`` were evaluated, ascending (``steps`` last)."""
+    return sorted({int(s) for p in results["points"] if p["steps"] == steps for s in p["evals"]})
+
+
+def curve(results: dict, method: str, lr: float, key: str, steps: int) -> torch.Tensor:
+    """One measure (``key`` of an evaluation: ``"knowledge_kept"`` in facts, ``"task_accuracy"``, ...) of every
+    seed's run of ``(method, lr)`` for ``steps`` steps, as a ``(seeds, eval_steps)`` tensor, rows by seed and
+    columns in the order of :func:`eval_steps` (float64). ``ValueError`` if there is no such run."""
+    runs = sorted((p for p in results["points"] if (p["method"], p["lr"], p["steps"]) == (method, lr, steps)),
+                  key=lambda p: p["seed"])
+    if not runs:
+        raise ValueError(f"no run of {method} at lr {lr:g} for {steps} steps in the results")
+    return torch.tensor([[float(p["evals"][str(s)][key]) for s in eval_steps(results, steps)] for p in runs],
+                        dtype=torch.float64)
+
+
+def _runs_of(results: dict, steps: int) -> list[tuple]:
+    """The ``(method, lr)`` pairs run for ``steps`` steps: methods in ``RUN_METHODS`` order, high rate first."""
+    pairs = {(p["method"], p["lr"]) for p in results["points"] if p["steps"] == steps}
+    return sorted(pairs, key=lambda k: (RUN_METHODS.index(k[0]), -k[1]))
+
+
+def curves_table(results: dict, steps: int) -> str:
+    """Text table of the runs of ``steps`` steps, one line per ``(method, lr)``: at each evaluation, the facts
+    kept (mean over seeds, then each seed's) and the mean task accuracy; the header counts samples seen."""
+    bs = results["recipe"]["batch_size"]
+    lines = [f"{'method':<8} {'lr':>6}  " + "".join(f"{s * bs:>6,} samples{'':>12}" for s in eval_steps(results, steps))]
+    for m, lr in _runs_of(results, steps):
+        k, t = curve(results, m, lr, "knowledge_kept", steps), curve(results, m, lr, "task_accuracy", steps)
+        lines.append(f"{m:<8} {lr:>6.0e}  " + "".join(
+            f"{k[:, j].mean():5.1f} ({'/'.join(f'{v:.0f}' for v in k[:, j]):<5}) {t[:, j].mean():4.2f}   "
+            for j in range(k.shape[1])))
+    return "\n".join(lines)
+
+
+def plot_grid(results: dict, steps: int, seed: int = 0):
+    """Figure of a learning-rate grid: for each ``(method, lr)`` run of ``steps`` steps with ``seed``, task
+    accuracy (x) against the share of the known facts kept (y) after the last step, labelled with the rate, with an
+    arrow from the run's first evaluation. Colours from ``report.color_of``. Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+    from .report import color_of
+    grid, n_known = grid_points(results, steps, seed), len(results["base"]["known"])
+    first = str(eval_steps(results, steps)[0])
+    fig, ax = plt.subplots(figsize=(7, 4.2), facecolor="white")
+    labelled = set()
+    for (method, lr), p in sorted(grid.items()):
+        a, b = p["evals"][first], p["evals"][str(steps)]
+        xy = (b["task_accuracy"], b["knowledge_kept"] / n_known)
+        ax.annotate("", xy=xy, xytext=(a["task_accuracy"], a["knowledge_kept"] / n_known),
+                    arrowprops=dict(arrowstyle="->", color=color_of(method), lw=1, alpha=0.6))
+        ax.scatter(*xy, color=color_of(method), s=40, zorder=3,
+                   label=None if method in labelled else METHOD_LABELS.get(method, method))
+        labelled.add(method)
+        ax.annotate(f"{lr:.0e}", xy, fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set(xlabel="word reversal accuracy (test prompts)", ylabel=f"knowledge kept (of {n_known} known facts)",
+           xlim=(-0.03, 1.03), ylim=(0, 1.05), title=f"SmolLM2-135M, after {first} (arrow tail) and {steps} steps")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(results: dict, steps: int, main_lrs: dict):
+    """Figure of the runs of ``steps`` steps against samples seen (0: the base model): left the share of the known
+    facts kept, right task accuracy. At ``main_lrs[method]`` one thin line per seed and a thick mean; at any other
+    rate a dashed mean. Colours from ``report.color_of``. Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+    from .report import color_of
+    n_known, bs = len(results["base"]["known"]), results["recipe"]["batch_size"]
+    x = [0] + [s * bs for s in eval_steps(results, steps)]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), facecolor="white")
+    for m, lr in _runs_of(results, steps):
+        main = lr == main_lrs.get(m)
+        for ax, key, start, scale in ((ax1, "knowledge_kept", 1.0, n_known),
+                                      (ax2, "task_accuracy", results["base"]["task_accuracy"], 1)):
+            c = curve(results, m, lr, key, steps) / scale
+            for row in c if main else ():
+                ax.plot(x, [start] + row.tolist(), color=color_of(m), lw=0.8, alpha=0.5, marker="o", ms=3)
+            ax.plot(x, [start] + c.mean(0).tolist(), color=color_of(m), lw=2.2 if main else 1.2,
+                    ls="-" if main else "--", label=f"{METHOD_LABELS.get(m, m)}, lr {lr:.0e}"
+                    + ("" if main else f" ({len(c)} seed{'s' if len(c) > 1 else ''})"))
+    ax1.set(xlabel="fine-tuning samples seen", ylabel=f"knowledge kept (of {n_known} known facts)", ylim=(0, 1.05),
+            title="world knowledge")
+    ax2.set(xlabel="fine-tuning samples seen", ylabel="word reversal accuracy (test prompts)", ylim=(-0.03, 1.03),
+            title="the new task")
+    ax1.legend(loc="lower left", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m minimal_loramoe.smollm",
                                 description="Chapter 10's experiment on SmolLM2-135M (writes JSON).")

@@ -475,3 +475,57 @@ def test_generate_by_length_returns_the_answers_in_question_order(model_and_toke
     questions = ["What is the capital of Japan?", "Hi?", smollm.CODE_QUESTION.format(name="Vresdrax")]
     plain = smollm.generate_answers(model, tok, questions, max_new_tokens=3, batch_size=2)
     assert smollm.generate_answers(model, tok, questions, max_new_tokens=3, batch_size=2, by_length=True) == plain
+
+
+# ---------------------------------------------------------------- reading a results file (chapter 10's figures)
+
+def _fake_results():
+    """Two seeds of one LoRA rate for 4 steps (evaluated after 2 and 4), one seed of full_ft at 4 and at 2 steps."""
+    def point(method, lr, seed, steps, evals):
+        return {"method": method, "lr": lr, "seed": seed, "steps": steps,
+                "evals": {str(s): {"knowledge_kept": k, "task_accuracy": t} for s, (k, t) in evals.items()}}
+    return {"recipe": {"batch_size": 8}, "base": {"known": list(range(10)), "task_accuracy": 0.0}, "points": [
+        point("lora", 1e-3, 1, 4, {2: (6, 0.5), 4: (4, 1.0)}),
+        point("lora", 1e-3, 0, 4, {2: (8, 0.4), 4: (5, 0.9)}),
+        point("full_ft", 1e-5, 0, 4, {2: (9, 0.2), 4: (7, 0.8)}),
+        point("full_ft", 1e-5, 0, 2, {2: (9, 0.3)})]}
+
+
+def test_grid_points_eval_steps_and_curve_read_the_file():
+    res = _fake_results()
+    assert set(smollm.grid_points(res, 4)) == {("lora", 1e-3), ("full_ft", 1e-5)}
+    assert smollm.grid_points(res, 4, seed=1)[("lora", 1e-3)]["seed"] == 1
+    assert smollm.eval_steps(res, 4) == [2, 4]
+    # rows by seed, columns by evaluation step
+    assert smollm.curve(res, "lora", 1e-3, "knowledge_kept", 4).tolist() == [[8, 5], [6, 4]]
+    assert smollm.curve(res, "full_ft", 1e-5, "task_accuracy", 4).tolist() == [[0.2, 0.8]]
+    with pytest.raises(ValueError, match="no run"):
+        smollm.curve(res, "loramoe", 1e-3, "knowledge_kept", 4)
+
+
+def test_curves_table_has_a_line_per_run_with_mean_and_seeds():
+    lines = smollm.curves_table(_fake_results(), 4).splitlines()
+    assert "16 samples" in lines[0] and "32 samples" in lines[0]
+    assert [ln.split()[0] for ln in lines[1:]] == ["full_ft", "lora"]  # RUN_METHODS order
+    assert "7.0 (7" in lines[1] and "0.80" in lines[1]
+    assert "7.0 (8/6" in lines[2] and "4.5 (5/4" in lines[2] and "0.95" in lines[2]
+
+
+def test_plots_draw_every_run_in_its_method_colour():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+    from minimal_loramoe.report import color_of
+    res = _fake_results()
+    fig = smollm.plot_grid(res, 4)
+    colours = {tuple(c) for coll in fig.axes[0].collections for c in coll.get_facecolors()}
+    assert colours == {to_rgba(color_of("lora")), to_rgba(color_of("full_ft"))}
+    plt.close(fig)
+    fig = smollm.plot_curves(res, 4, {"lora": 1e-3})
+    ax1, ax2 = fig.axes
+    # lora: two seeds + a mean; full_ft (not a main rate): a dashed mean only; every line starts at the base model
+    assert len(ax1.lines) == 4 and ax1.lines[0].get_ydata()[0] == 1.0 and ax2.lines[0].get_ydata()[0] == 0.0
+    assert [ln.get_linestyle() for ln in ax1.lines if ln.get_color() == color_of("full_ft")] == ["--"]
+    assert list(ax1.lines[2].get_xdata()) == [0, 16, 32]
+    plt.close(fig)
