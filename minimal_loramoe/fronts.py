@@ -292,6 +292,34 @@ def plot_fronts(fronts: dict, learned: str = "downstream", methods=("full_ft", "
     return ax
 
 
+def plot_family(fronts: dict, base: str, ax=None, label=None):
+    """Every point of a method and its variants (:func:`family_point`; SLIM: every L1 weight and DARE rate) in the
+    method's colour, each labelled ``l1 weight / p @ lr`` (for SLIM's grid) or ``name @ lr``, the family's front as a
+    dashed line and the rule's front point ringed; on the axes of :func:`plot_fronts` (call that one first for the
+    other methods)."""
+    import matplotlib.pyplot as plt
+    from .methods import TABLE
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4.5), facecolor="white")
+    fam = family_point(fronts, base)
+    learned, colour = LEARNED[fronts["mix"]], color_of(base)
+    keyed = {f"{n}@{lr}": p for (n, lr), p in fam["points"].items()}
+    front = pareto(keyed, learned)
+    ax.plot([keyed[k][learned] for k in front], [keyed[k]["knowledge"] for k in front], "--", color=colour,
+            label=label or f"{base}, every setting")
+    for (name, lr), p in fam["points"].items():
+        s = TABLE[name].settings
+        tag = f"{s['l1_weight']:g}/{s['mask_rate']:g}" if "l1_weight" in s else name
+        ax.scatter([p[learned]], [p["knowledge"]], marker="s", s=22, color=colour)
+        ax.annotate(f"{tag}@{float(lr):g}", (p[learned], p["knowledge"]), textcoords="offset points",
+                    xytext=(4, -8), fontsize=6, color=colour)
+    if fam["best"] is not None:
+        p = fam["best"][2]
+        ax.scatter([p[learned]], [p["knowledge"]], s=160, facecolors="none", edgecolors=colour, lw=1.5)
+    ax.legend(fontsize=8, loc="lower left")
+    return ax
+
+
 def summary_figure(fixed: dict, easy: dict, cipher: dict, path=None, methods=("full_ft", "lora", "loramoe")):
     """The book's landing figure: forgetting as the data grows under a fixed recipe (``reproduce --scale full``),
     then the learning-forgetting fronts at the largest size on the easy and on the cipher mix."""

@@ -143,3 +143,17 @@ def test_family_point_applies_the_rule_over_slims_whole_grid():
     assert fronts.family_point(fr, "slim")["best"] is None
     with pytest.raises(ValueError, match="no runs"):
         fronts.family_point({"mix": "cipher", "tradeoff": {}}, "slim")
+
+
+def test_plot_family_draws_every_setting_in_the_methods_colour():
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+    from minimal_loramoe.report import color_of
+    pt = lambda new, k: {"new_content": new, "knowledge": k, "seeds": [0]}  # noqa: E731
+    fr = {"mix": "cipher", "tradeoff": {"slim_no_merge": {"0.0005": pt(0.87, 0.89)},
+                                        "slim_l1w1_p0": {"0.0005": pt(0.68, 0.94), "0.001": pt(0.95, 0.70)}}}
+    ax = fronts.plot_family(fr, "slim")
+    assert len(ax.collections) == 4  # three points and the ringed front point
+    assert all(tuple(c.get_facecolor()[0]) == to_rgba(color_of("slim")) for c in ax.collections[:3])
+    assert sorted(t.get_text() for t in ax.texts) == ["0/0@0.0005", "1/0@0.0005", "1/0@0.001"]
+    plt.close("all")
