@@ -118,7 +118,7 @@ def slim_variant(l1_weight: float, mask_rate: float) -> str:
 # masking rate p (evaluation only: variants that differ only in p train the same model). slim and slim_no_merge
 # are two corners of this grid.
 SLIM_L1_WEIGHTS = (0.0, 0.1, 1.0, 10.0)
-SLIM_MASK_RATES = (0.0, 0.1, 0.25, 0.5)
+SLIM_MASK_RATES = (0.0, 0.05, 0.1, 0.25, 0.5)
 _CORNERS = {(_SLIM["l1_weight"], _SLIM["mask_rate"]): "slim", (0.0, 0.0): "slim_no_merge"}
 for _l1 in SLIM_L1_WEIGHTS:
     for _p in SLIM_MASK_RATES:
