@@ -27,10 +27,10 @@ Both write ``runs/smollm2.json`` by default; ``--store`` writes the committed
    the new model knows make a fair probe, so check which probe questions its base model answers.
 2. ``<model>_experiment.py``, the experiment (this module): the recipes and grids for the model's scale
    (``RECIPE``, ``LR_GRID``; full fine-tuning of a larger model needs lower rates), ``prepare`` (what stays
-   frozen), ``run_point``, the results file names (``RESULTS_FILE``, under ``resources.RESULTS_DIR``) and
-   ``main``. Most of this module is model-agnostic -- ``run_experiment``, ``merge_results``, the tables and the
-   plots take a results file, not a model -- so a new experiment imports them from here and writes only what
-   differs. A new method needs nothing here: ``RUN_METHODS`` names methods of ``methods.TABLE``.
+   frozen), ``run_point``, ``run_experiment`` (the resumable loop over points, with the new model's loader),
+   the results file names (``RESULTS_FILE``, under ``resources.RESULTS_DIR``) and ``main``. The rest of this
+   module reads results files, not a model -- ``merge_results``, ``results_table``, ``grid_points``, ``curve``,
+   the tables and the plots -- so a new experiment imports those from here and writes only what differs. A method of ``methods.TABLE`` runs here once it is in ``LR_GRID`` (which sets ``RUN_METHODS``).
 """
 import argparse
 import json
