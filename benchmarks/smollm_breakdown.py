@@ -5,7 +5,7 @@ repeat, so that the load of other processes hits all alike) and reported as medi
 seconds of this process (``time.process_time``; on a shared machine closer to what a free core would take than
 wall-clock time, which is printed beside it):
 
-``train``: one optimizer step of each method on a batch of 8 of each mix (``smollm.training_samples``), split
+``train``: one optimizer step of each method on a batch of 8 of each mix (``smollm_experiment.training_samples``), split
 into encoding (chat template + tokenizer), forward (``evaluate.answer_loss``: the vocabulary projection at the
 answer positions only, as ``sft_loop`` does), backward, and the AdamW step. Two counterfactuals beside them:
 the forward with the vocabulary projection at every position (``model(**batch).loss``: what ``answer_loss``
@@ -28,6 +28,7 @@ import time
 import torch
 
 from minimal_loramoe import smollm
+from minimal_loramoe import smollm_experiment as experiment
 from minimal_loramoe.evaluate import IGNORE_INDEX, answer_loss
 from minimal_loramoe.utils import set_seed
 
@@ -57,7 +58,7 @@ def median_table(times: dict, unit="s") -> str:
 def train_part(base, tok, args):
     batches = {}
     for mix in args.mixes:
-        rows = smollm.training_samples(smollm.RECIPES[mix], 8 * 4, seed=0)[:8]
+        rows = experiment.training_samples(experiment.RECIPES[mix], 8 * 4, seed=0)[:8]
         batches[mix] = (rows, smollm.encode_sft(tok, rows))
         b = batches[mix][1]
         n, real = b["input_ids"].numel(), int(b["attention_mask"].sum())
@@ -67,7 +68,7 @@ def train_part(base, tok, args):
     models = {}
     for method in args.methods:
         set_seed(0)
-        model, config = smollm.prepare(base, method, lr=1e-5 if method == "full_ft" else 1e-3, seed=0, steps=10)
+        model, config = experiment.prepare(base, method, lr=1e-5 if method == "full_ft" else 1e-3, seed=0, steps=10)
         params = [p for p in model.parameters() if p.requires_grad]
         models[method] = (model.train(), torch.optim.AdamW(params, lr=config.lr),
                           torch.optim.AdamW(params, lr=config.lr, fused=True))
@@ -136,8 +137,8 @@ def evaluation(model, tok, known, tests, bs, by_length):
 
 def eval_part(base, tok, args):
     probe = smollm.load_probe()
-    known = [probe[i] for i in smollm.load_results()["base"]["known"]]
-    tests = smollm.type0_tests(smollm.RECIPES[args.mix])
+    known = [probe[i] for i in experiment.load_results()["base"]["known"]]
+    tests = experiment.type0_tests(experiment.RECIPES[args.mix])
     configs = ["32"] + [c for c in args.configs if c != "32"]
     print(f"mix {args.mix}: {len(known)} known questions + " + " + ".join(f"{len(v)} {k}" for k, v in tests.items()))
     times, answers = {}, {}
@@ -151,9 +152,9 @@ def eval_part(base, tok, args):
     if args.finetune_steps:  # identity on a fine-tuned model too (whole probe), no timing
         from minimal_loramoe.finetune import sft_loop
 
-        recipe = smollm.RECIPES[args.mix]
-        model, config = smollm.prepare(base, "loramoe", 1e-3, seed=0, steps=args.finetune_steps, recipe=recipe)
-        sft_loop(model, tok, smollm.sft_dataset(smollm.training_samples(recipe, 8 * args.finetune_steps, 0)),
+        recipe = experiment.RECIPES[args.mix]
+        model, config = experiment.prepare(base, "loramoe", 1e-3, seed=0, steps=args.finetune_steps, recipe=recipe)
+        sft_loop(model, tok, smollm.chat_dataset(experiment.training_samples(recipe, 8 * args.finetune_steps, 0)),
                  config, encode=smollm.encode_chat, progress=False)
         for c in configs:
             answers.setdefault((f"loramoe, {args.finetune_steps} steps", 0), {})[c] = evaluation(
@@ -177,15 +178,15 @@ def main(argv=None):
     p.add_argument("part", choices=("train", "eval"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--methods", nargs="+", default=list(smollm.RUN_METHODS), choices=smollm.RUN_METHODS)
-    p.add_argument("--mixes", nargs="+", default=list(smollm.MIXES), choices=smollm.MIXES)
-    p.add_argument("--mix", default="reversal", choices=smollm.MIXES, help="eval: the mix whose tests to generate")
+    p.add_argument("--methods", nargs="+", default=list(experiment.RUN_METHODS), choices=experiment.RUN_METHODS)
+    p.add_argument("--mixes", nargs="+", default=list(smollm.SFT_MIXES), choices=smollm.SFT_MIXES)
+    p.add_argument("--mix", default="reversal", choices=smollm.SFT_MIXES, help="eval: the mix whose tests to generate")
     p.add_argument("--configs", nargs="+", default=["32", "32s", "64s"], help="eval: batch size, s = by length")
     p.add_argument("--finetune-steps", type=int, default=0, help="eval: also a LoRAMoE fine-tuned this many steps")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     base, tok = smollm.load_smollm2()
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {smollm._cpu_name()}")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {experiment._cpu_name()}")
     (train_part if args.part == "train" else eval_part)(base, tok, args)
 
 

