@@ -23,7 +23,8 @@ def test_everything_the_chapters_read_is_package_data():
     assert resources.DATA_DIR.parent == Path(resources.__file__).parent
     for path in ["tiny_llama/model.safetensors", "tiny_llama/world_config.json", "world/facts.csv",
                  "results/tuned_lr.json", "results/reproduce_cpu.json", "results/fronts_easy.json",
-                 "results/fronts_cipher.json", "results/smollm2.json", "smollm2/knowledge_probe.jsonl",
+                 "results/fronts_cipher.json", "results/live_cipher.json", "results/smollm2.json",
+                 "smollm2/knowledge_probe.jsonl",
                  "smollm2/knowledge_sft.jsonl", "smollm2/words.txt"]:
         assert resources.data_path(*path.split("/")).is_file(), path
     assert any(resources.RUNS_DIR.rglob("*.json"))
