@@ -14,7 +14,8 @@ import numpy as np
 
 SPREAD = "mean ± sample standard deviation over seeds (ddof = 1)"
 LEARNED_BAR = 0.9
-LEARNED = {"easy": "downstream", "cipher": "new_content"}  # what "learning" means on each mix
+LEARNED = {"easy": "downstream", "cipher": "new_content",  # what "learning" means on each mix
+           "smollm2_reversal": "downstream", "smollm2_codes": "new_content"}  # (chapter 10: smollm_experiment.as_fronts)
 
 # One colour per method across the whole book (matplotlib's tab10 first, then further named colours).
 METHOD_COLORS = {

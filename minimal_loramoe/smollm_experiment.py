@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from . import resources
+from . import fronts, resources
 from .finetune import FinetuneConfig, prepare_model, sft_loop
 from .methods import get_method
 from .smollm import (CODE_PARAPHRASE, SFT_MIXES, chat_dataset, codes_mix, codes_task, data_file, encode_chat,
@@ -308,6 +308,31 @@ def curve(results: dict, method: str, lr: float, key: str, steps: int) -> torch.
         raise ValueError(f"no run of {method} at lr {lr:g} for {steps} steps in the results")
     return torch.tensor([[float(p["evals"][str(s)][key]) for s in eval_steps(results, steps)] for p in runs],
                         dtype=torch.float64)
+
+
+def as_fronts(results: dict, steps: int) -> dict:
+    """The runs of ``steps`` steps in ``results`` in the tiny world's fronts schema (:mod:`fronts`), so that
+    :func:`fronts.front_point`, :func:`fronts.compare` and :func:`fronts.plot_fronts` apply the book's one rule:
+    ``{"mix": "smollm2_<mix>", "sft_sizes", "largest" (samples), "tradeoff": {method: {f"{lr:g}": point}}}``, one
+    point per (method, lr) over its seeds, with ``knowledge`` the share of the known probe questions still answered
+    and the mix's learning measure (``report.LEARNED``): ``downstream`` = the task accuracy of the reversal mix,
+    ``new_content`` = the new-content accuracy of the codes mix. A point's curve covers the evaluations all its
+    seeds share."""
+    mix, bs = mix_of(results["recipe"]), results["recipe"]["batch_size"]
+    measure, learned = {"reversal": ("task_accuracy", "downstream"), "codes": ("new_content", "new_content")}[mix]
+    by_point = {}
+    for p in results["points"]:
+        if p["steps"] == steps:
+            evals = {str(int(s) * bs): {"knowledge": e["knowledge_kept"] / p["n_known"], learned: e[measure]}
+                     for s, e in p["evals"].items()}
+            by_point.setdefault((p["method"], p["lr"]), []).append({"seed": p["seed"], "evals": evals})
+    out = {"mix": f"smollm2_{mix}", "sft_sizes": [s * bs for s in eval_steps(results, steps)], "largest": steps * bs,
+           "tradeoff": {}}
+    for method, lr in sorted(by_point, key=lambda k: (RUN_METHODS.index(k[0]), k[1])):
+        runs = by_point[(method, lr)]
+        shared = sorted(set.intersection(*({int(n) for n in r["evals"]} for r in runs)))
+        out["tradeoff"].setdefault(method, {})[f"{lr:g}"] = fronts._point(runs, shared)
+    return out
 
 
 def _runs_of(results: dict, steps: int) -> list[tuple]:

@@ -191,7 +191,7 @@ def _fake_results():
     """Two seeds of one LoRA rate for 4 steps (evaluated after 2 and 4), one seed of full_ft at 4 and at 2 steps."""
     def point(method, lr, seed, steps, evals):
         return {"method": method, "lr": lr, "seed": seed, "steps": steps,
-                "evals": {str(s): {"knowledge_kept": k, "task_accuracy": t} for s, (k, t) in evals.items()}}
+                "n_known": 10, "evals": {str(s): {"knowledge_kept": k, "task_accuracy": t} for s, (k, t) in evals.items()}}
     return {"recipe": {"batch_size": 8}, "base": {"known": list(range(10)), "task_accuracy": 0.0}, "points": [
         point("lora", 1e-3, 1, 4, {2: (6, 0.5), 4: (4, 1.0)}),
         point("lora", 1e-3, 0, 4, {2: (8, 0.4), 4: (5, 0.9)}),
@@ -237,3 +237,19 @@ def test_plots_draw_every_run_in_its_method_colour():
     assert [ln.get_linestyle() for ln in ax1.lines if ln.get_color() == color_of("full_ft")] == ["--"]
     assert list(ax1.lines[2].get_xdata()) == [0, 16, 32]
     plt.close(fig)
+
+
+def test_as_fronts_applies_the_books_rule_to_a_results_file():
+    from minimal_loramoe import fronts
+    res = _fake_results()
+    f = experiment.as_fronts(res, 4)
+    assert f["mix"] == "smollm2_reversal" and f["largest"] == 32 and f["sft_sizes"] == [16, 32]
+    lora = f["tradeoff"]["lora"]["0.001"]
+    assert lora["seeds"] == [0, 1] and lora["knowledge"] == 0.45 and lora["downstream"] == 0.95
+    assert lora["knowledge_std"] == round(float(torch.tensor([0.5, 0.4]).std()), 4)  # ddof = 1
+    assert lora["curve"]["knowledge"] == [0.7, 0.45]
+    # the rule: full_ft learned 0.8 < 0.9, so only LoRA has a front point
+    assert fronts.front_point(f, "full_ft") is None and fronts.front_point(f, "lora")["lr"] == "0.001"
+    # the 2-step run of full_ft is not part of the 4-step fronts
+    short = experiment.as_fronts(res, 2)["tradeoff"]
+    assert list(short) == ["full_ft"] and short["full_ft"]["1e-05"]["downstream"] == 0.3
