@@ -284,7 +284,9 @@ def plot_fronts(fronts: dict, learned: str = "downstream", methods=("full_ft", "
         if point is not None:
             ax.scatter([point[learned]], [point["knowledge"]], s=160, facecolors="none", edgecolors=colour, lw=1.5)
     ax.axvline(LEARNED_BAR, color="grey", ls=":", lw=1)
-    what = {"downstream": "task accuracy (4 easy tasks)", "new_content": "new-content accuracy (cipher)"}[learned]
+    what = {"easy": "task accuracy (4 easy tasks)", "cipher": "new-content accuracy (cipher)",
+            "smollm2_reversal": "task accuracy (word reversal)",
+            "smollm2_codes": "new-content accuracy (registry codes)"}.get(fronts["mix"], learned)
     ax.set(xlabel=what, ylabel="held-out knowledge kept", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
            title=f"{fronts['mix']} mix, {fronts['largest'] // 1000}k SFT examples")
     ax.grid(alpha=0.3)
