@@ -31,8 +31,9 @@ from tqdm import tqdm
 from .methods import FRONTS_LR_GRIDS, METHODS, SLIM_GRID, get_method
 from . import resources
 from .report import LEARNED, LEARNED_BAR, color_of, diff_ci95, sample_std
-from .reproduce import (KNOWLEDGE_FRACTION, RESULTS_DIR, RUNS_DIR, SCALES, adapter_path, load_run, one_run,
-                        plot_curves, run_point)
+from .reproduce import KNOWLEDGE_FRACTION, RESULTS_DIR, RUNS_DIR, SCALES, one_run, plot_curves, run_point
+from . import runs
+from .runs import RunKey, pool_results
 from .world import MIXES
 
 SFT_SIZES = tuple(SCALES["full"]["sft_sizes"])  # evaluated along one pass (constant lr after warm-up)
@@ -44,11 +45,11 @@ GRIDS = FRONTS_LR_GRIDS
 def run_grid(points, workers: int = 2, sizes=SFT_SIZES, root=RUNS_DIR, progress=True, keep_adapters=False):
     """Run every ``(mix, method, lr, seed)`` not yet stored, ``workers`` processes side by side (1 thread each).
 
-    ``keep_adapters``: also keep each adapter run's trained adapters (``reproduce.adapter_path``); a stored run
+    ``keep_adapters``: also keep each adapter run's trained adapters (``runs.RunKey.adapter_path``); a stored run
     without them is run again for them."""
     keep = lambda p: keep_adapters and get_method(p[1]).adapter is not None  # noqa: E731  (full FT: no adapters)
-    todo = [p for p in points if load_run(*p, sizes=sizes, root=root) is None
-            or (keep(p) and not adapter_path(*p, root=root).is_file())]
+    todo = [p for p in points if runs.load(RunKey(*p), sizes, root) is None
+            or (keep(p) and not RunKey(*p).adapter_path(root).is_file())]
     if not todo:
         return
     bar = tqdm(total=len(todo), desc="grid runs", disable=not progress)
@@ -64,12 +65,9 @@ def run_grid(points, workers: int = 2, sizes=SFT_SIZES, root=RUNS_DIR, progress=
         for p in todo:
             report(p, run_point(*p, sizes=sizes, root=root, keep_adapter=keep(p)))
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(run_point, *p, sizes, 1, root, keep_adapter=keep(p)): p for p in todo}
-            for fut in as_completed(futures):
-                report(futures[fut], fut.result())
+        for p, run in pool_results([(p, run_point, (*p, sizes, 1, root), {"keep_adapter": keep(p)}) for p in todo],
+                                   workers):
+            report(p, run)
     bar.close()
 
 
@@ -80,11 +78,9 @@ def collect(mix: str, root=RUNS_DIR, sizes=SFT_SIZES) -> dict:
     largest = str(max(sizes))
     out = {"mix": mix, "sft_sizes": list(sizes), "largest": max(sizes), "tradeoff": {}}
     for method in METHODS:
-        folder = Path(root) / mix / method
-        runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
-        runs = [r for r in runs if largest in r["evals"]]
+        stored = [runs.read(key, root) for key in runs.keys(root, mix, method)]
         by_lr = {}
-        for r in runs:
+        for r in (r for r in stored if largest in r["evals"]):
             by_lr.setdefault(r["lr"], []).append(r)
         for lr in sorted(by_lr):
             out["tradeoff"].setdefault(method, {})[f"{lr:g}"] = _point(by_lr[lr], sizes)
@@ -144,12 +140,9 @@ def live_fronts(points, size: int, new_content_fraction: float, seed: int = 0, w
         for method, lr in points:
             report(method, lr, one_run(method, seed, lr, sizes, **kw))
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [(m, lr, pool.submit(one_run, m, seed, lr, sizes, threads=1, **kw)) for m, lr in points]
-            for method, lr, fut in futures:
-                report(method, lr, fut.result())
+        calls = [((m, lr), one_run, (m, seed, lr, sizes), {"threads": 1, **kw}) for m, lr in points]
+        for (method, lr), evals in pool_results(calls, workers):  # in the order they end: sorted below
+            report(method, lr, evals)
     bar.close()
     order = [m for m, _ in points]
     out["tradeoff"] = {m: dict(sorted(out["tradeoff"][m].items(), key=lambda kv: float(kv[0])))

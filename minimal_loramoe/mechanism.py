@@ -1,7 +1,7 @@
 """Where does an adapter act, and how does its router decide? Measured on adapters kept in the run store.
 
 ``python -m minimal_loramoe.mechanism --mix cipher --lr 5e-4 --seeds 0 1 2`` loads the adapters that
-``fronts`` kept (``reproduce.adapter_path``) for LoRA, gated LoRA and LoRAMoE and measures, on held-out knowledge
+``fronts`` kept (``runs.RunKey.adapter_path``) for LoRA, gated LoRA and LoRAMoE and measures, on held-out knowledge
 questions (pretraining format), task prompts and (cipher mix) the new-content questions:
 
 * ``effect``: the adapter's relative contribution  rho = ||y - W0 x|| / ||W0 x||, averaged over adapter layers and
@@ -26,7 +26,8 @@ from .inject import adapter_layers, load_loramoe
 from .loramoe import LoRAMoELinear
 from .lora import GatedLoRALinear
 from .model import load_pretrained
-from .reproduce import DEFAULT_CHECKPOINT, RUNS_DIR, adapter_path
+from .reproduce import DEFAULT_CHECKPOINT, RUNS_DIR
+from .runs import RunKey
 from .routing import force_group, group_weight
 from .world import CIPHER, MIXES, knowledge_eval, new_content_eval, task_eval
 
@@ -35,7 +36,7 @@ MEASURED = ("lora", "gated_lora", "loramoe")
 
 def load_stored(base, mix: str, method: str, lr: float, seed: int, root=RUNS_DIR):
     """A copy of ``base`` with the adapters the run store kept for ``(mix, method, lr, seed)``."""
-    path = adapter_path(mix, method, lr, seed, root)
+    path = RunKey(mix, method, lr, seed).adapter_path(root)
     if not path.is_file():
         raise FileNotFoundError(f"no kept adapters at {str(path)!r}: run `python -m minimal_loramoe.fronts run "
                                 f"... --keep-adapters` for this point first")

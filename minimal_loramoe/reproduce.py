@@ -32,6 +32,8 @@ import torch
 from tqdm import tqdm
 
 from . import resources
+from .runs import RunKey, pool_results
+from . import runs
 from .evaluate import answer_accuracy
 from .finetune import FinetuneConfig, finetune, weight_change
 from .methods import FRONTS_ONLY, METHODS, get_method
@@ -145,25 +147,20 @@ def one_run(method, seed, lr, sizes, n_per_task=100, checkpoint=None, device=Non
 
 
 def run_path(mix: str, method: str, lr: float, seed: int, root=RUNS_DIR) -> Path:
-    return Path(root) / mix / method / f"lr{lr:g}-seed{seed}.json"
+    """``RunKey(mix, method, lr, seed).path(root)`` (:mod:`minimal_loramoe.runs`)."""
+    return RunKey(mix, method, lr, seed).path(root)
 
 
 def load_run(mix, method, lr, seed, sizes, root=RUNS_DIR, n_per_task=100):
-    """The stored run, or None if there is none that covers ``sizes`` with the same task-eval size."""
-    path = run_path(mix, method, lr, seed, root)
-    if not path.is_file():
-        return None
-    run = json.loads(path.read_text())
-    if not set(map(str, sizes)) <= set(run["evals"]) or run.get("n_per_task", 100) != n_per_task:
-        return None  # (the first stored runs predate the "n_per_task" key; they all used 100)
-    return run
+    """``runs.load``: the stored run, or None if there is none that covers ``sizes`` with the same task-eval size."""
+    return runs.load(RunKey(mix, method, lr, seed), sizes, root, n_per_task)
 
 
 def adapter_path(mix: str, method: str, lr: float, seed: int, root=RUNS_DIR) -> Path:
-    """Where the run store keeps a run's trained adapters: ``<mix>/<method>/adapters/lr<lr>-seed<seed>.safetensors``
-    (beside it, ``.json``: the evaluations of the run that wrote them and whether they repeat the stored run)."""
-    path = run_path(mix, method, lr, seed, root)
-    return path.parent / "adapters" / (path.stem + ".safetensors")
+    """``RunKey(mix, method, lr, seed).adapter_path(root)``: where the run store keeps a run's trained adapters,
+    ``<mix>/<method>/adapters/lr<lr>-seed<seed>.safetensors`` (beside it, ``.json``: the evaluations of the run
+    that wrote them and whether they repeat the stored run)."""
+    return RunKey(mix, method, lr, seed).adapter_path(root)
 
 
 def run_point(mix, method, lr, seed, sizes, threads=1, root=RUNS_DIR, n_per_task=100, keep_adapter=False) -> dict:
@@ -171,8 +168,9 @@ def run_point(mix, method, lr, seed, sizes, threads=1, root=RUNS_DIR, n_per_task
 
     ``keep_adapter``: also keep the trained adapters (``adapter_path``). A stored run without them is run again
     for them; whether that run repeated the stored evaluations exactly is written beside the adapters."""
-    run = load_run(mix, method, lr, seed, sizes, root, n_per_task)
-    keep = adapter_path(mix, method, lr, seed, root) if keep_adapter else None
+    key = RunKey(mix, method, lr, seed)
+    run = runs.load(key, sizes, root, n_per_task)
+    keep = key.adapter_path(root) if keep_adapter else None
     if run is not None and (keep is None or keep.is_file()):
         return run
     t0 = time.time()
@@ -192,9 +190,7 @@ def run_point(mix, method, lr, seed, sizes, threads=1, root=RUNS_DIR, n_per_task
     run = {"mix": mix, "method": method, "lr": lr, "seed": seed, "sft_sizes": sorted(sizes),
            "n_per_task": n_per_task, "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
            "evals": {str(n): v for n, v in evals.items()}}
-    path = run_path(mix, method, lr, seed, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(run, indent=1))
+    runs.save(key, run, root)
     return run
 
 
@@ -242,8 +238,8 @@ def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, 
     if store is not None:
         run = partial(_stored_run, root=store)
     if only_stored:
-        jobs = [j for j in jobs if load_run(mix, EXTRA_RUNS.get(j[0], (j[0],))[0], j[2], j[1], sizes, store,
-                                            n_per_task)]
+        jobs = [j for j in jobs if runs.load(RunKey(mix, EXTRA_RUNS.get(j[0], (j[0],))[0], j[2], j[1]), sizes, store,
+                                             n_per_task)]
     def report(job, evals):
         m, s, lr = job[:3]
         out["runs"].setdefault(m, {})[s] = evals
@@ -256,13 +252,10 @@ def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, 
         for job in jobs:
             report(job, run(*job))
     else:  # the inner progress bars would interleave: one bar over the finished runs instead
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
         jobs = [job[:7] + (False,) + job[8:] for job in jobs]
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(run, *job): job for job in jobs}
-            for fut in tqdm(as_completed(futures), total=len(jobs), desc="fine-tuning runs", disable=not progress):
-                report(futures[fut], fut.result())
+        done = pool_results([(job, run, job, {}) for job in jobs], workers)
+        for job, evals in tqdm(done, total=len(jobs), desc="fine-tuning runs", disable=not progress):
+            report(job, evals)
     out["runs"] = {m: dict(sorted(out["runs"][m].items())) for m in methods if m in out["runs"]}  # fixed order
     return out
 

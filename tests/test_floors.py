@@ -12,8 +12,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "minimal_loramoe"
 METHOD = ("__init__", "utils", "lora", "clusters", "loramoe", "balance", "config", "inject", "slim", "routing", "sft",
           "methods", "checkpoint", "finetune", "train")
-LABORATORY = ("resources", "urls", "world", "tokenizer", "model", "pretrain", "evaluate", "reproduce", "fronts",
-              "tune", "mechanism", "smollm", "smollm_experiment", "report", "anatomy")
+LABORATORY = ("resources", "urls", "world", "tokenizer", "model", "pretrain", "evaluate", "runs", "reproduce",
+              "fronts", "tune", "mechanism", "smollm", "smollm_experiment", "report", "anatomy")
 
 
 def modules() -> set[str]:
