@@ -4,8 +4,8 @@ from dataclasses import astuple
 
 import pytest
 
-from minimal_loramoe import reproduce, resources, runs
-from minimal_loramoe.runs import RunKey
+from minimal_loramoe.lab import reproduce, resources, runs
+from minimal_loramoe.lab.runs import RunKey
 
 
 def _double(x):  # a module-level function: the spawned workers import it

@@ -1,6 +1,7 @@
 """One short training run per method through the public API, written to a JSON file, so two checkouts (before and
 after a refactor) can be compared exactly: ``python tools/bit_identical.py OUT.json`` in each, then
-``python tools/bit_identical.py --compare A.json B.json``."""
+``python tools/bit_identical.py --compare A.json B.json``. Run it with ``PYTHONPATH=<checkout>``: the script's own
+folder, not the current one, is first on ``sys.path``, so an installed copy of the package would win otherwise."""
 import json
 import sys
 
@@ -21,7 +22,7 @@ def record() -> dict:
     from minimal_loramoe.finetune import FinetuneConfig, finetune
     model_mod = __import__(reproduce.load_pretrained.__module__, fromlist=["x"])
     world_mod = __import__(reproduce.sft_dataset.__module__, fromlist=["x"])
-    out = {"module": reproduce.__name__}
+    out = {"module": reproduce.__name__, "file": reproduce.__file__}
     base, tok, world = model_mod.load_pretrained(reproduce.DEFAULT_CHECKPOINT, device="cpu")
     data = world_mod.sft_dataset(world, 128, knowledge_fraction=0.2, seed=0)
     for method, lr in (("full_ft", 2e-5), ("lora", 1e-3), ("loramoe", 1e-3)):
@@ -43,6 +44,6 @@ if __name__ == "__main__":
             same = a[m] == b[m]
             print(f"{m:<8} losses {len(a[m]['loss'])} steps, evals {list(a[m]['evals'])}: "
                   f"{'bit-identical' if same else 'DIFFERENT'}")
-        print(f"before: {a['module']}  after: {b['module']}")
+        print(f"before: {a['module']} ({a.get('file')})\nafter:  {b['module']} ({b.get('file')})")
         sys.exit(0 if all(a[m] == b[m] for m in ("full_ft", "lora", "loramoe")) else 1)
     json.dump(record(), open(sys.argv[1], "w"), indent=1)

@@ -1,4 +1,4 @@
-"""The whole forgetting experiment as one command: ``python -m minimal_loramoe.reproduce``.
+"""The whole forgetting experiment as one command: ``python -m minimal_loramoe.lab.reproduce``.
 
 Starting from the shipped pretrained tiny LLaMA, the methods of :mod:`minimal_loramoe.finetune` are fine-tuned on
 a growing SFT mix (knowledge questions, type 1, and downstream tasks, type 0; ``--mix cipher`` adds a task with new
@@ -10,9 +10,9 @@ content) for one or several seeds, and evaluated after 4k, 16k, 64k and 256k exa
 * how far the base weights moved, and (LoRAMoE) the router weight on each expert group by sample type.
 
 Each method's learning rate comes from ``minimal_loramoe/data/results/tuned_lr.json``, written by
-``python -m minimal_loramoe.tune`` (the same grid and the same selection rule for every method, tuned once at 16k
+``python -m minimal_loramoe.lab.tune`` (the same grid and the same selection rule for every method, tuned once at 16k
 examples and then held fixed as the data grows, as a practitioner -- and the paper -- would). This answers "what
-happens as the SFT data grows under a fixed recipe"; :mod:`minimal_loramoe.fronts` answers "which method is better
+happens as the SFT data grows under a fixed recipe"; :mod:`minimal_loramoe.lab.fronts` answers "which method is better
 when each gets its best learning rate at the largest size".
 
 Scales: ``cpu`` (the default, the README's main job: full FT, LoRA and LoRAMoE, one seed, about 6 minutes on 2
@@ -35,11 +35,11 @@ from . import resources
 from .runs import RunKey, pool_results
 from . import runs
 from .evaluate import answer_accuracy
-from .finetune import FinetuneConfig, finetune, weight_change
-from .methods import FRONTS_ONLY, METHODS, get_method
+from ..finetune import FinetuneConfig, finetune, weight_change
+from ..methods import FRONTS_ONLY, METHODS, get_method
 from .model import load_pretrained
-from .routing import group_weight
-from .slim import dare_masked
+from ..routing import group_weight
+from ..slim import dare_masked
 from .world import CIPHER, MIXES, knowledge_eval, new_content_eval, sft_dataset, task_eval
 
 RESULTS_DIR = resources.RESULTS_DIR  # the committed results: package data (minimal_loramoe/data/results)
@@ -65,15 +65,15 @@ KNOWLEDGE_FRACTION = 0.2  # share of world-knowledge questions (type 1) in every
 EXTRA_RUNS = {"full_ft_at_loramoe_lr": ("full_ft", "loramoe")}
 RUN_LABELS = METHODS + tuple(EXTRA_RUNS)
 # Methods without a tuned learning rate (methods.FRONTS_ONLY: SLIM's, the two one-change LBC controls) are compared
-# on the fronts (python -m minimal_loramoe.fronts)
+# on the fronts (python -m minimal_loramoe.lab.fronts)
 DEFAULT_RUNS = tuple(m for m in RUN_LABELS if m not in FRONTS_ONLY)
 
 
 def tuned_learning_rates(path=TUNED_LR_FILE) -> dict:
-    """``{method: lr}`` chosen by ``python -m minimal_loramoe.tune``."""
+    """``{method: lr}`` chosen by ``python -m minimal_loramoe.lab.tune``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no tuned learning rates at {str(path)!r}; run `python -m minimal_loramoe.tune`")
+        raise FileNotFoundError(f"no tuned learning rates at {str(path)!r}; run `python -m minimal_loramoe.lab.tune`")
     lrs = json.loads(path.read_text())["lr"]
     for label, (_, lr_of) in EXTRA_RUNS.items():
         if lr_of in lrs:
@@ -141,13 +141,13 @@ def one_run(method, seed, lr, sizes, n_per_task=100, checkpoint=None, device=Non
             final["router_group_weight"] = group_weight(model, tokenizer, routing_set(world, n_per_task))
     final["seconds"] = round(time.time() - t0, 1)
     if adapter_path is not None:
-        from .inject import save_loramoe
+        from ..inject import save_loramoe
         save_loramoe(model, adapter_path)
     return evals
 
 
 def run_path(mix: str, method: str, lr: float, seed: int, root=RUNS_DIR) -> Path:
-    """``RunKey(mix, method, lr, seed).path(root)`` (:mod:`minimal_loramoe.runs`)."""
+    """``RunKey(mix, method, lr, seed).path(root)`` (:mod:`minimal_loramoe.lab.runs`)."""
     return RunKey(mix, method, lr, seed).path(root)
 
 
@@ -335,7 +335,7 @@ def plot_results(res: dict, path=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.reproduce")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.lab.reproduce")
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="experiment size (default: cpu)")
     p.add_argument("--mix", choices=MIXES, default="easy", help="SFT mix (default: easy; cipher adds new content)")
     p.add_argument("--methods", nargs="+", choices=RUN_LABELS,

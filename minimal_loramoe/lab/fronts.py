@@ -1,4 +1,4 @@
-"""Learning-forgetting fronts: ``python -m minimal_loramoe.fronts run|collect``.
+"""Learning-forgetting fronts: ``python -m minimal_loramoe.lab.fronts run|collect``.
 
 A method that learns less also forgets less (Biderman et al., 2024, *LoRA Learns Less and Forgets Less*), so
 "method X keeps more knowledge" means something only at matched learning. Here every method is fine-tuned at
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .methods import FRONTS_LR_GRIDS, METHODS, SLIM_GRID, get_method
+from ..methods import FRONTS_LR_GRIDS, METHODS, SLIM_GRID, get_method
 from . import resources
 from .report import LEARNED, LEARNED_BAR, color_of, diff_ci95, sample_std
 from .reproduce import KNOWLEDGE_FRACTION, RESULTS_DIR, RUNS_DIR, SCALES, one_run, plot_curves, run_point
@@ -111,7 +111,7 @@ def live_fronts(points, size: int, new_content_fraction: float, seed: int = 0, w
     tasks) and return the fronts schema of :func:`collect` (``mix="cipher"``, one seed per point: no spread), for
     :func:`plot_fronts` and :func:`front_point`. ``workers`` processes side by side, one CPU thread each (on a GPU,
     ``device="cuda"``, one after the other). ``eval_sizes``: also evaluate after these numbers of rows (the
-    point's ``curve``). Nothing is stored (``python -m minimal_loramoe.fronts live`` stores, see :func:`live_key`)."""
+    point's ``curve``). Nothing is stored (``python -m minimal_loramoe.lab.fronts live`` stores, see :func:`live_key`)."""
     for method, lr in points:
         get_method(method)
         if not lr > 0:
@@ -182,7 +182,7 @@ def run_live(path, points, size, new_content_fraction, seed=0, workers=2, eval_s
 
 
 def best_at(fronts: dict, method: str, learned: str = "downstream", at_least: float = LEARNED_BAR):
-    """The method's *front point* (the book's one rule, :mod:`minimal_loramoe.report`): the learning rate (as
+    """The method's *front point* (the book's one rule, :mod:`minimal_loramoe.lab.report`): the learning rate (as
     stored, e.g. ``"0.001"``) and point with the most mean knowledge among the method's points whose mean
     ``learned`` ("downstream" or "new_content") is at least ``at_least``; ``(None, None)`` if none did."""
     if learned not in ("downstream", "new_content"):
@@ -211,7 +211,7 @@ def family_point(fronts: dict, base: str) -> dict:
     weight and DARE rate): ``{"points": {(name, lr): point} of every one run, "best": (name, lr, point) -- the most
     knowledge among the points that learned enough (``report.LEARNED``, ``LEARNED_BAR``), or None --,
     "most_learned": (name, lr, point) -- the point that learned most, ties to more knowledge}``."""
-    from .methods import TABLE
+    from ..methods import TABLE
     names = [n for n, m in TABLE.items() if n == base or m.variant_of == base]
     if base == "slim":
         names += [n for n in SLIM_GRID.values() if n not in names]  # slim_no_merge: a corner of SLIM's grid
@@ -293,7 +293,7 @@ def plot_family(fronts: dict, base: str, ax=None, label=None):
     dashed line and the rule's front point ringed; on the axes of :func:`plot_fronts` (call that one first for the
     other methods)."""
     import matplotlib.pyplot as plt
-    from .methods import TABLE
+    from ..methods import TABLE
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4.5), facecolor="white")
     fam = family_point(fronts, base)
@@ -335,7 +335,7 @@ def summary_figure(fixed: dict, easy: dict, cipher: dict, path=None, methods=("f
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.fronts")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.lab.fronts")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="fine-tune the grid points not yet stored")
     r.add_argument("--mix", choices=MIXES, required=True)
@@ -345,7 +345,7 @@ def main(argv=None):
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--keep-adapters", action="store_true",
-                   help="keep each run's trained adapters beside it (for python -m minimal_loramoe.mechanism)")
+                   help="keep each run's trained adapters beside it (for python -m minimal_loramoe.lab.mechanism)")
     lv = sub.add_parser("live", help="the search for a live setting: (method, lr) points on a denser cipher mix, "
                         f"merged into {LIVE_FILE}")
     lv.add_argument("--fraction", type=float, required=True, help="share of new-content (cipher) rows")
