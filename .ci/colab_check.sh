@@ -40,7 +40,7 @@ cp -r notebooks/images "$reader/"
 for c in "${chapters[@]}"; do cp "notebooks/$c.ipynb" "$reader/"; done
 cd "$reader"
 env -u PYTHONPATH "$py" - "$repo" <<'PY'
-import sys, minimal_loramoe, minimal_loramoe.resources as r
+import sys, minimal_loramoe, minimal_loramoe.lab.resources as r
 where = minimal_loramoe.__file__
 assert sys.argv[1] not in where, f"the package was imported from the repository ({where}), not the wheel"
 assert (r.CHECKPOINT_DIR / "model.safetensors").is_file() and (r.RESULTS_DIR / "tuned_lr.json").is_file()

@@ -313,7 +313,7 @@ def tiny_llama(vocab_size=800):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     try:
-        from minimal_loramoe.model import tiny_llama_config
+        from minimal_loramoe.lab.model import tiny_llama_config
         config = tiny_llama_config(vocab_size)
     except ImportError:  # the book's config, written out
         config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,

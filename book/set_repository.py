@@ -4,13 +4,13 @@
 The book's Colab and repository buttons are built from them at build time (``book/_ext/colab_launch.py``); the
 places below hold a copy, because they cannot read the config when they run or are read:
 
-* ``minimal_loramoe/urls.py`` (the installed package's copy; it derives the Colab and site addresses);
+* ``minimal_loramoe/lab/urls.py`` (the installed package's copy; it derives the Colab and site addresses);
 * every chapter notebook: its first code cell (the same in every chapter: on Colab, one ``%pip install`` of the
   package from the repository) and the "Open in Colab" link under its title;
 * the README's address of the published book (the repository's GitHub Pages site), and the ``[project.urls]``
   of ``pyproject.toml``.
 
-    python book/set_repository.py                # rewrite minimal_loramoe/urls.py from the config
+    python book/set_repository.py                # rewrite minimal_loramoe/lab/urls.py from the config
     python book/set_repository.py --notebooks    # ... and the chapters' first cell and Colab link, and the README
     python book/set_repository.py --check        # change nothing; exit 1 if a copy differs from the config
 
@@ -28,7 +28,7 @@ import yaml
 BOOK = Path(__file__).resolve().parent
 ROOT = BOOK.parent
 CONFIG = BOOK / "_config.yml"
-URLS = ROOT / "minimal_loramoe" / "urls.py"
+URLS = ROOT / "minimal_loramoe" / "lab" / "urls.py"
 README = ROOT / "README.md"
 NOTEBOOKS = ROOT / "notebooks"
 
@@ -43,7 +43,7 @@ if "google.colab" in sys.modules:
 
 
 def _urls_module():
-    """minimal_loramoe/urls.py, loaded from its file (the package need not be installed)."""
+    """minimal_loramoe/lab/urls.py, loaded from its file (the package need not be installed)."""
     spec = importlib.util.spec_from_file_location("_minimal_loramoe_urls", URLS)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -29,8 +29,8 @@ class Method:
     ``settings``: values of ``FinetuneConfig``'s SLIM fields (``PLAIN_SETTINGS`` keys) that differ from plain.
     ``lbc``: the localized balancing loss's variant (``LBC_VARIANTS``), None for none.
     ``frozen_router``: the router is zero and frozen, every gate exactly 1/E.
-    ``lr_grid``: the learning rates the fronts try (``python -m minimal_loramoe.fronts``).
-    ``tuned``: ``python -m minimal_loramoe.tune`` tunes its learning rate; ``lr_of``: it uses that method's tuned
+    ``lr_grid``: the learning rates the fronts try (``python -m minimal_loramoe.lab.fronts``).
+    ``tuned``: ``python -m minimal_loramoe.lab.tune`` tunes its learning rate; ``lr_of``: it uses that method's tuned
     learning rate instead. A method with neither is compared on the fronts only.
     ``variant_of``: the method whose own settings this entry tunes (one point of SLIM's grid of L1 weight and
     DARE rate); it trains and is stored as a method of its own, and is drawn in that method's colour.

@@ -51,7 +51,7 @@ def expert_weights(model, tokenizer, dataset, batch_size: int = 256, encode=_pla
     of layer l gives to the tokens of samples of type t (0 = task, 1 = knowledge); identity experts (if any) come
     last. Each row sums to 1. ``encode(tokenizer, prompts, answers)`` makes each batch (``input_ids`` and
     ``attention_mask``; only the tokens the mask marks count): by default ``prompt answer </s>``; a chat model
-    passes its own format (e.g. ``minimal_loramoe.smollm.router_weights``: chat prompts only).
+    passes its own format (e.g. ``minimal_loramoe.lab.smollm.router_weights``: chat prompts only).
     """
     names, sums, counts = _gate_sums(model, tokenizer, dataset, batch_size, encode)
     return names, (sums / counts.clamp(min=1).view(1, 2, 1)).float()

@@ -27,8 +27,8 @@ def world_sft_file():
     questions, type 1) as a jsonl file and returns its path."""
     import json
 
-    from minimal_loramoe.model import load_pretrained
-    from minimal_loramoe.world import sft_dataset
+    from minimal_loramoe.lab.model import load_pretrained
+    from minimal_loramoe.lab.world import sft_dataset
 
     def write(tmp_path_factory, n: int):
         _, _, world = load_pretrained()

@@ -7,9 +7,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
-from minimal_loramoe import LoRAMoELinear, add_loramoe, anatomy  # noqa: E402
-from minimal_loramoe.tokenizer import build_tokenizer  # noqa: E402
-from minimal_loramoe.world import make_world  # noqa: E402
+from minimal_loramoe import LoRAMoELinear, add_loramoe  # noqa: E402
+from minimal_loramoe.lab import anatomy  # noqa: E402
+from minimal_loramoe.lab.tokenizer import build_tokenizer  # noqa: E402
+from minimal_loramoe.lab.world import make_world  # noqa: E402
 
 DATA = Dataset.from_dict({"prompt": ["Q : What is the capital of Poba ? A :", "### Instruction : What is a doubled ?",
                                      "### Instruction : What is b doubled ?"],

@@ -6,10 +6,10 @@ from datasets import Dataset
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from minimal_loramoe.evaluate import answer_accuracy
-from minimal_loramoe.model import tiny_llama_config
-from minimal_loramoe.tokenizer import build_tokenizer
-from minimal_loramoe.world import instruction_prompt, make_world
+from minimal_loramoe.lab.evaluate import answer_accuracy
+from minimal_loramoe.lab.model import tiny_llama_config
+from minimal_loramoe.lab.tokenizer import build_tokenizer
+from minimal_loramoe.lab.world import instruction_prompt, make_world
 
 
 @pytest.fixture(scope="module")

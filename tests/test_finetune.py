@@ -8,8 +8,8 @@ from datasets import Dataset
 from minimal_loramoe import add_loramoe, save_loramoe
 from minimal_loramoe.finetune import (FinetuneConfig, batch_indices, check_sft_dataset, finetune, lr_factor,
                                       prepare_model, sft_loop)
-from minimal_loramoe.model import load_pretrained
-from minimal_loramoe.world import sft_dataset
+from minimal_loramoe.lab.model import load_pretrained
+from minimal_loramoe.lab.world import sft_dataset
 
 
 def test_one_pass_sees_every_row_once_in_a_seeded_order():

@@ -4,8 +4,8 @@ import json
 import matplotlib
 import pytest
 
-from minimal_loramoe import fronts, reproduce
-from minimal_loramoe.world import new_content_eval, sft_dataset
+from minimal_loramoe.lab import fronts, reproduce
+from minimal_loramoe.lab.world import new_content_eval, sft_dataset
 
 matplotlib.use("Agg")
 SIZES = (64, 128)
@@ -61,7 +61,7 @@ def test_plot_fronts_draws_one_line_per_method(store):
 
 
 def test_cipher_mix_has_new_content_the_easy_mix_lacks():
-    from minimal_loramoe.model import load_pretrained
+    from minimal_loramoe.lab.model import load_pretrained
     _, _, world = load_pretrained()
     cipher = sft_dataset(world, 2000, mix="cipher", seed=0)
     share = sum(t == "cipher" for t in cipher["task"]) / len(cipher)
@@ -148,7 +148,7 @@ def test_family_point_applies_the_rule_over_slims_whole_grid():
 def test_plot_family_draws_every_setting_in_the_methods_colour():
     import matplotlib.pyplot as plt
     from matplotlib.colors import to_rgba
-    from minimal_loramoe.report import color_of
+    from minimal_loramoe.lab.report import color_of
     pt = lambda new, k: {"new_content": new, "knowledge": k, "seeds": [0]}  # noqa: E731
     fr = {"mix": "cipher", "tradeoff": {"slim_no_merge": {"0.0005": pt(0.87, 0.89)},
                                         "slim_l1w1_p0": {"0.0005": pt(0.68, 0.94), "0.001": pt(0.95, 0.70)}}}

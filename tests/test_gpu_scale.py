@@ -1,6 +1,6 @@
 """Every SCALE = "gpu" path runs, at a reduced size, on the CPU (no GPU is needed to find a typo in it).
 
-* ``python -m minimal_loramoe.reproduce --scale gpu``: the command with the gpu scale's structure (four sizes, its
+* ``python -m minimal_loramoe.lab.reproduce --scale gpu``: the command with the gpu scale's structure (four sizes, its
   seeds' code path, its evaluation) and every size divided down.
 * each chapter that picks sizes with ``{"cpu": ..., "gpu": ...}[SCALE]``: its code cells, from the one after the
   setup cell up to and including the first cell that uses the gpu sizes' results, run with ``SCALE = "gpu"`` and
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from minimal_loramoe import reproduce
+from minimal_loramoe.lab import reproduce
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"

@@ -1,7 +1,7 @@
 """Mechanism measurements on adapters kept in a tiny run store (64 SFT examples)."""
 import pytest
 
-from minimal_loramoe import fronts, mechanism
+from minimal_loramoe.lab import fronts, mechanism
 
 
 @pytest.fixture(scope="module")

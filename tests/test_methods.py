@@ -3,7 +3,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from minimal_loramoe import GatedLoRALinear, LoRALinear, LoRAMoELinear, adapter_layers, fronts, methods, report, tune
+from minimal_loramoe import GatedLoRALinear, LoRALinear, LoRAMoELinear, adapter_layers, methods
+from minimal_loramoe.lab import fronts, report, tune
 from minimal_loramoe.finetune import FinetuneConfig, prepare_model
 from minimal_loramoe.methods import TABLE, Method, get_method, method_of_adapter
 

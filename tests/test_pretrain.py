@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from minimal_loramoe.pretrain import encode_documents, lr_at, pretrain
+from minimal_loramoe.lab.pretrain import encode_documents, lr_at, pretrain
 from minimal_loramoe.sft import IGNORE_INDEX
-from minimal_loramoe.tokenizer import build_tokenizer
-from minimal_loramoe.world import make_world
+from minimal_loramoe.lab.tokenizer import build_tokenizer
+from minimal_loramoe.lab.world import make_world
 
 
 @pytest.fixture(scope="module")

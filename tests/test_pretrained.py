@@ -2,11 +2,11 @@ import time
 
 import pytest
 
-from minimal_loramoe.evaluate import knowledge_accuracy
-from minimal_loramoe.model import DEFAULT_CHECKPOINT, load_pretrained
+from minimal_loramoe.lab.evaluate import knowledge_accuracy
+from minimal_loramoe.lab.model import DEFAULT_CHECKPOINT, load_pretrained
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_CHECKPOINT / "world_config.json").is_file(),
-                                reason="no shipped checkpoint; run python -m minimal_loramoe.pretrain")
+                                reason="no shipped checkpoint; run python -m minimal_loramoe.lab.pretrain")
 
 
 @pytest.fixture(scope="module")
@@ -25,5 +25,5 @@ def test_shipped_checkpoint_knows_the_world(pretrained):
 
 
 def test_missing_checkpoint_raises(tmp_path):
-    with pytest.raises(FileNotFoundError, match="minimal_loramoe.pretrain"):
+    with pytest.raises(FileNotFoundError, match="minimal_loramoe.lab.pretrain"):
         load_pretrained(tmp_path / "nothing")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from minimal_loramoe import fronts, report
+from minimal_loramoe.lab import fronts, report
 from minimal_loramoe.methods import METHODS
 
 

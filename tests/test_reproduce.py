@@ -4,7 +4,7 @@ import json
 import matplotlib
 import pytest
 
-from minimal_loramoe import reproduce
+from minimal_loramoe.lab import reproduce
 
 matplotlib.use("Agg")
 

@@ -5,8 +5,8 @@ from datasets import Dataset
 
 from minimal_loramoe import add_loramoe
 from minimal_loramoe.routing import expert_weights, force_group, group_weight, mean_gates
-from minimal_loramoe.tokenizer import build_tokenizer
-from minimal_loramoe.world import make_world
+from minimal_loramoe.lab.tokenizer import build_tokenizer
+from minimal_loramoe.lab.world import make_world
 
 
 @pytest.fixture(scope="module")

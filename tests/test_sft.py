@@ -3,10 +3,10 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from minimal_loramoe.model import tiny_llama_config
+from minimal_loramoe.lab.model import tiny_llama_config
 from minimal_loramoe.sft import IGNORE_INDEX, answer_loss, encode_examples
-from minimal_loramoe.tokenizer import build_tokenizer
-from minimal_loramoe.world import make_world
+from minimal_loramoe.lab.tokenizer import build_tokenizer
+from minimal_loramoe.lab.world import make_world
 
 
 @pytest.fixture(scope="module")

@@ -212,14 +212,14 @@ def test_save_load_roundtrip_with_clusters_is_bitwise(tiny_llama, tmp_path):
 
 @pytest.fixture(scope="module")
 def pretrained():
-    from minimal_loramoe.model import load_pretrained
+    from minimal_loramoe.lab.model import load_pretrained
     return load_pretrained()
 
 
 @pytest.mark.parametrize("method", SLIM_METHODS)
 def test_new_methods_train_and_keep_the_base_frozen(pretrained, method):
     from minimal_loramoe.routing import group_weight, mean_gates
-    from minimal_loramoe.world import sft_dataset
+    from minimal_loramoe.lab.world import sft_dataset
     base, tokenizer, world = pretrained
     data = sft_dataset(world, 48, seed=0, mix="cipher")
     cfg = FinetuneConfig(method=method, lr=5e-3, batch_size=16, warmup_steps=1)

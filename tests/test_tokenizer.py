@@ -1,7 +1,7 @@
 import numpy as np
 
-from minimal_loramoe.tokenizer import build_tokenizer
-from minimal_loramoe.world import knowledge_eval, make_world, pretraining_batch, sft_dataset, task_eval, vocabulary
+from minimal_loramoe.lab.tokenizer import build_tokenizer
+from minimal_loramoe.lab.world import knowledge_eval, make_world, pretraining_batch, sft_dataset, task_eval, vocabulary
 
 
 def test_special_tokens_and_deterministic_vocabulary():

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from minimal_loramoe import adapter_layers, train
 from minimal_loramoe.sft import answer_loss, encode_examples
-from minimal_loramoe.model import DEFAULT_CHECKPOINT, load_pretrained
+from minimal_loramoe.lab.model import DEFAULT_CHECKPOINT, load_pretrained
 
 REPO = Path(__file__).resolve().parent.parent
 COMMON = ["--model", str(DEFAULT_CHECKPOINT), "--steps", "6", "--lr", "1e-3", "--warmup-steps", "2", "--cpu",

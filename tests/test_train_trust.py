@@ -31,8 +31,8 @@ from minimal_loramoe import (AdapterConfig, TARGET_MODULES, adapter_layers, add_
 from minimal_loramoe.checkpoint import CHECKPOINT_FILE, read_checkpoint
 from minimal_loramoe.finetune import FinetuneConfig, TrainingStopped, prepare_model, sft_loop
 from minimal_loramoe.inject import find_targets
-from minimal_loramoe.model import DEFAULT_CHECKPOINT, load_pretrained
-from minimal_loramoe.world import sft_dataset
+from minimal_loramoe.lab.model import DEFAULT_CHECKPOINT, load_pretrained
+from minimal_loramoe.lab.world import sft_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--steps", "2", "--batch-size", "4", "--lr", "1e-2", "--warmup-steps", "0", "--cpu", "--no-progress"]

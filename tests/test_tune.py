@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from minimal_loramoe import tune
-from minimal_loramoe.reproduce import TUNED_LR_FILE
+from minimal_loramoe.lab import tune
+from minimal_loramoe.lab.reproduce import TUNED_LR_FILE
 
 
 def test_select_takes_the_best_knowledge_among_rates_that_learn_the_tasks():

@@ -1,4 +1,4 @@
-"""The repository URL lives in book/_config.yml; the package's copy (minimal_loramoe/urls.py), the chapters' first
+"""The repository URL lives in book/_config.yml; the package's copy (minimal_loramoe/lab/urls.py), the chapters' first
 cell and Colab link, the README's site address and pyproject's URLs must agree with it, and
 book/set_repository.py must be able to point them all at a fork."""
 import importlib.util
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from minimal_loramoe import urls
+from minimal_loramoe.lab import urls
 
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("set_repository", ROOT / "book" / "set_repository.py")
@@ -19,7 +19,7 @@ CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 def test_the_package_names_the_repository_of_the_book_config():
     url, branch = set_repository.repository()
     assert (urls.REPOSITORY_URL, urls.BRANCH) == (url, branch), \
-        "minimal_loramoe/urls.py differs from book/_config.yml: run  python book/set_repository.py"
+        "minimal_loramoe/lab/urls.py differs from book/_config.yml: run  python book/set_repository.py"
 
 
 def test_derived_addresses():
@@ -70,7 +70,7 @@ def test_a_fork_on_another_branch(chapter):
 
 
 def test_urls_py_rewrite():
-    text = (ROOT / "minimal_loramoe" / "urls.py").read_text()
+    text = (ROOT / "minimal_loramoe" / "lab" / "urls.py").read_text()
     new = set_repository.rewrite_urls_py(text, "https://github.com/someone/my-fork", "dev")
     assert 'REPOSITORY_URL = "https://github.com/someone/my-fork"' in new and 'BRANCH = "dev"' in new
     namespace = {}

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from minimal_loramoe.world import (ATTRIBUTES, KNOWLEDGE, TASKS, WorldConfig, instruction_prompt, is_instruction,
+from minimal_loramoe.lab.world import (ATTRIBUTES, KNOWLEDGE, TASKS, WorldConfig, instruction_prompt, is_instruction,
                                    knowledge_eval, make_world, pretraining_batch, sft_dataset, task_eval)
 
 

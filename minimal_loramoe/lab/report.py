@@ -29,7 +29,7 @@ METHOD_COLORS = {
 def color_of(method: str) -> str:
     """The method's colour (a matplotlib colour name; a variant of a method, ``methods.Method.variant_of``, has
     that method's); ``KeyError`` names the methods that have one."""
-    from .methods import TABLE
+    from ..methods import TABLE
     if method in TABLE and TABLE[method].variant_of is not None:
         method = TABLE[method].variant_of
     if method not in METHOD_COLORS:

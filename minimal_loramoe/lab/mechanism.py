@@ -1,7 +1,7 @@
 """Where does an adapter act, and how does its router decide? Measured on adapters kept in the run store.
 
-``python -m minimal_loramoe.mechanism --mix cipher --lr 5e-4 --seeds 0 1 2`` loads the adapters that
-``fronts`` kept (``reproduce.adapter_path``) for LoRA, gated LoRA and LoRAMoE and measures, on held-out knowledge
+``python -m minimal_loramoe.lab.mechanism --mix cipher --lr 5e-4 --seeds 0 1 2`` loads the adapters that
+``fronts`` kept (``runs.RunKey.adapter_path``) for LoRA, gated LoRA and LoRAMoE and measures, on held-out knowledge
 questions (pretraining format), task prompts and (cipher mix) the new-content questions:
 
 * ``effect``: the adapter's relative contribution  rho = ||y - W0 x|| / ||W0 x||, averaged over adapter layers and
@@ -20,14 +20,15 @@ from pathlib import Path
 import torch
 
 from .evaluate import answer_accuracy
-from .sft import encode_examples
-from .finetune import FinetuneConfig, prepare_model
-from .inject import adapter_layers, load_loramoe
-from .loramoe import LoRAMoELinear
-from .lora import GatedLoRALinear
+from ..sft import encode_examples
+from ..finetune import FinetuneConfig, prepare_model
+from ..inject import adapter_layers, load_loramoe
+from ..loramoe import LoRAMoELinear
+from ..lora import GatedLoRALinear
 from .model import load_pretrained
-from .reproduce import DEFAULT_CHECKPOINT, RUNS_DIR, adapter_path
-from .routing import force_group, group_weight
+from .reproduce import DEFAULT_CHECKPOINT, RUNS_DIR
+from .runs import RunKey
+from ..routing import force_group, group_weight
 from .world import CIPHER, MIXES, knowledge_eval, new_content_eval, task_eval
 
 MEASURED = ("lora", "gated_lora", "loramoe")
@@ -35,9 +36,9 @@ MEASURED = ("lora", "gated_lora", "loramoe")
 
 def load_stored(base, mix: str, method: str, lr: float, seed: int, root=RUNS_DIR):
     """A copy of ``base`` with the adapters the run store kept for ``(mix, method, lr, seed)``."""
-    path = adapter_path(mix, method, lr, seed, root)
+    path = RunKey(mix, method, lr, seed).adapter_path(root)
     if not path.is_file():
-        raise FileNotFoundError(f"no kept adapters at {str(path)!r}: run `python -m minimal_loramoe.fronts run "
+        raise FileNotFoundError(f"no kept adapters at {str(path)!r}: run `python -m minimal_loramoe.lab.fronts run "
                                 f"... --keep-adapters` for this point first")
     model = prepare_model(base, FinetuneConfig(method=method, lr=lr, seed=seed))
     return load_loramoe(model, path).eval()
@@ -130,7 +131,7 @@ def measure(mix: str, lr: float, seeds, methods=MEASURED, root=RUNS_DIR, n_per_t
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.mechanism")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.lab.mechanism")
     p.add_argument("--mix", choices=MIXES, default=CIPHER)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

@@ -1,11 +1,11 @@
-"""Tune every method's learning rate on the same grid with the same rule: ``python -m minimal_loramoe.tune``.
+"""Tune every method's learning rate on the same grid with the same rule: ``python -m minimal_loramoe.lab.tune``.
 
 A comparison is only fair if every method gets its best learning rate (the CPU prototype found that a LoRA at a
 lower learning rate matched an untuned LoRAMoE). Rule, the same for all methods: at ``TUNING_SIZE`` (16k) SFT
 examples, take the learning rate with the best held-out knowledge among those whose downstream accuracy is at
 least ``MIN_DOWNSTREAM`` (mean over the tuning seeds); if none reaches it, the one with the best downstream
 accuracy. Tuning seeds are separate from the seeds ``reproduce`` reports. These rates are the *fixed recipe*
-that ``reproduce`` holds as the data grows; the fronts (:mod:`minimal_loramoe.fronts`) tune again at 256k.
+that ``reproduce`` holds as the data grows; the fronts (:mod:`minimal_loramoe.lab.fronts`) tune again at 256k.
 The result goes to ``runs/tuned_lr.json`` (``--store``: the committed ``minimal_loramoe/data/results/tuned_lr.json``) together with every grid point, so the choice can be checked.
 """
 import argparse
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import resources
-from .methods import SHARES_LR_OF, TUNED_METHODS
+from ..methods import SHARES_LR_OF, TUNED_METHODS
 from .reproduce import SCALES, TUNED_LR_FILE, run_experiment
 
 LR_GRID = (2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
@@ -40,7 +40,7 @@ def select(grid: dict) -> float:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.tune")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.lab.tune")
     p.add_argument("--methods", nargs="+", choices=TUNED_METHODS, default=list(TUNED_METHODS))
     p.add_argument("--grid", nargs="+", type=float,
                    help="learning rates (default: LR_GRID, plus GRID_BELOW for the methods that need lower ones)")

@@ -1,4 +1,4 @@
-"""The whole forgetting experiment as one command: ``python -m minimal_loramoe.reproduce``.
+"""The whole forgetting experiment as one command: ``python -m minimal_loramoe.lab.reproduce``.
 
 Starting from the shipped pretrained tiny LLaMA, the methods of :mod:`minimal_loramoe.finetune` are fine-tuned on
 a growing SFT mix (knowledge questions, type 1, and downstream tasks, type 0; ``--mix cipher`` adds a task with new
@@ -10,9 +10,9 @@ content) for one or several seeds, and evaluated after 4k, 16k, 64k and 256k exa
 * how far the base weights moved, and (LoRAMoE) the router weight on each expert group by sample type.
 
 Each method's learning rate comes from ``minimal_loramoe/data/results/tuned_lr.json``, written by
-``python -m minimal_loramoe.tune`` (the same grid and the same selection rule for every method, tuned once at 16k
+``python -m minimal_loramoe.lab.tune`` (the same grid and the same selection rule for every method, tuned once at 16k
 examples and then held fixed as the data grows, as a practitioner -- and the paper -- would). This answers "what
-happens as the SFT data grows under a fixed recipe"; :mod:`minimal_loramoe.fronts` answers "which method is better
+happens as the SFT data grows under a fixed recipe"; :mod:`minimal_loramoe.lab.fronts` answers "which method is better
 when each gets its best learning rate at the largest size".
 
 Scales: ``cpu`` (the default, the README's main job: full FT, LoRA and LoRAMoE, one seed, about 6 minutes on 2
@@ -32,12 +32,14 @@ import torch
 from tqdm import tqdm
 
 from . import resources
+from .runs import RunKey, pool_results
+from . import runs
 from .evaluate import answer_accuracy
-from .finetune import FinetuneConfig, finetune, weight_change
-from .methods import FRONTS_ONLY, METHODS, get_method
+from ..finetune import FinetuneConfig, finetune, weight_change
+from ..methods import FRONTS_ONLY, METHODS, get_method
 from .model import load_pretrained
-from .routing import group_weight
-from .slim import dare_masked
+from ..routing import group_weight
+from ..slim import dare_masked
 from .world import CIPHER, MIXES, knowledge_eval, new_content_eval, sft_dataset, task_eval
 
 RESULTS_DIR = resources.RESULTS_DIR  # the committed results: package data (minimal_loramoe/data/results)
@@ -63,15 +65,15 @@ KNOWLEDGE_FRACTION = 0.2  # share of world-knowledge questions (type 1) in every
 EXTRA_RUNS = {"full_ft_at_loramoe_lr": ("full_ft", "loramoe")}
 RUN_LABELS = METHODS + tuple(EXTRA_RUNS)
 # Methods without a tuned learning rate (methods.FRONTS_ONLY: SLIM's, the two one-change LBC controls) are compared
-# on the fronts (python -m minimal_loramoe.fronts)
+# on the fronts (python -m minimal_loramoe.lab.fronts)
 DEFAULT_RUNS = tuple(m for m in RUN_LABELS if m not in FRONTS_ONLY)
 
 
 def tuned_learning_rates(path=TUNED_LR_FILE) -> dict:
-    """``{method: lr}`` chosen by ``python -m minimal_loramoe.tune``."""
+    """``{method: lr}`` chosen by ``python -m minimal_loramoe.lab.tune``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no tuned learning rates at {str(path)!r}; run `python -m minimal_loramoe.tune`")
+        raise FileNotFoundError(f"no tuned learning rates at {str(path)!r}; run `python -m minimal_loramoe.lab.tune`")
     lrs = json.loads(path.read_text())["lr"]
     for label, (_, lr_of) in EXTRA_RUNS.items():
         if lr_of in lrs:
@@ -139,31 +141,26 @@ def one_run(method, seed, lr, sizes, n_per_task=100, checkpoint=None, device=Non
             final["router_group_weight"] = group_weight(model, tokenizer, routing_set(world, n_per_task))
     final["seconds"] = round(time.time() - t0, 1)
     if adapter_path is not None:
-        from .inject import save_loramoe
+        from ..inject import save_loramoe
         save_loramoe(model, adapter_path)
     return evals
 
 
 def run_path(mix: str, method: str, lr: float, seed: int, root=RUNS_DIR) -> Path:
-    return Path(root) / mix / method / f"lr{lr:g}-seed{seed}.json"
+    """``RunKey(mix, method, lr, seed).path(root)`` (:mod:`minimal_loramoe.lab.runs`)."""
+    return RunKey(mix, method, lr, seed).path(root)
 
 
 def load_run(mix, method, lr, seed, sizes, root=RUNS_DIR, n_per_task=100):
-    """The stored run, or None if there is none that covers ``sizes`` with the same task-eval size."""
-    path = run_path(mix, method, lr, seed, root)
-    if not path.is_file():
-        return None
-    run = json.loads(path.read_text())
-    if not set(map(str, sizes)) <= set(run["evals"]) or run.get("n_per_task", 100) != n_per_task:
-        return None  # (the first stored runs predate the "n_per_task" key; they all used 100)
-    return run
+    """``runs.load``: the stored run, or None if there is none that covers ``sizes`` with the same task-eval size."""
+    return runs.load(RunKey(mix, method, lr, seed), sizes, root, n_per_task)
 
 
 def adapter_path(mix: str, method: str, lr: float, seed: int, root=RUNS_DIR) -> Path:
-    """Where the run store keeps a run's trained adapters: ``<mix>/<method>/adapters/lr<lr>-seed<seed>.safetensors``
-    (beside it, ``.json``: the evaluations of the run that wrote them and whether they repeat the stored run)."""
-    path = run_path(mix, method, lr, seed, root)
-    return path.parent / "adapters" / (path.stem + ".safetensors")
+    """``RunKey(mix, method, lr, seed).adapter_path(root)``: where the run store keeps a run's trained adapters,
+    ``<mix>/<method>/adapters/lr<lr>-seed<seed>.safetensors`` (beside it, ``.json``: the evaluations of the run
+    that wrote them and whether they repeat the stored run)."""
+    return RunKey(mix, method, lr, seed).adapter_path(root)
 
 
 def run_point(mix, method, lr, seed, sizes, threads=1, root=RUNS_DIR, n_per_task=100, keep_adapter=False) -> dict:
@@ -171,8 +168,9 @@ def run_point(mix, method, lr, seed, sizes, threads=1, root=RUNS_DIR, n_per_task
 
     ``keep_adapter``: also keep the trained adapters (``adapter_path``). A stored run without them is run again
     for them; whether that run repeated the stored evaluations exactly is written beside the adapters."""
-    run = load_run(mix, method, lr, seed, sizes, root, n_per_task)
-    keep = adapter_path(mix, method, lr, seed, root) if keep_adapter else None
+    key = RunKey(mix, method, lr, seed)
+    run = runs.load(key, sizes, root, n_per_task)
+    keep = key.adapter_path(root) if keep_adapter else None
     if run is not None and (keep is None or keep.is_file()):
         return run
     t0 = time.time()
@@ -192,9 +190,7 @@ def run_point(mix, method, lr, seed, sizes, threads=1, root=RUNS_DIR, n_per_task
     run = {"mix": mix, "method": method, "lr": lr, "seed": seed, "sft_sizes": sorted(sizes),
            "n_per_task": n_per_task, "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
            "evals": {str(n): v for n, v in evals.items()}}
-    path = run_path(mix, method, lr, seed, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(run, indent=1))
+    runs.save(key, run, root)
     return run
 
 
@@ -242,8 +238,8 @@ def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, 
     if store is not None:
         run = partial(_stored_run, root=store)
     if only_stored:
-        jobs = [j for j in jobs if load_run(mix, EXTRA_RUNS.get(j[0], (j[0],))[0], j[2], j[1], sizes, store,
-                                            n_per_task)]
+        jobs = [j for j in jobs if runs.load(RunKey(mix, EXTRA_RUNS.get(j[0], (j[0],))[0], j[2], j[1]), sizes, store,
+                                             n_per_task)]
     def report(job, evals):
         m, s, lr = job[:3]
         out["runs"].setdefault(m, {})[s] = evals
@@ -256,13 +252,10 @@ def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, 
         for job in jobs:
             report(job, run(*job))
     else:  # the inner progress bars would interleave: one bar over the finished runs instead
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
         jobs = [job[:7] + (False,) + job[8:] for job in jobs]
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(run, *job): job for job in jobs}
-            for fut in tqdm(as_completed(futures), total=len(jobs), desc="fine-tuning runs", disable=not progress):
-                report(futures[fut], fut.result())
+        done = pool_results([(job, run, job, {}) for job in jobs], workers)
+        for job, evals in tqdm(done, total=len(jobs), desc="fine-tuning runs", disable=not progress):
+            report(job, evals)
     out["runs"] = {m: dict(sorted(out["runs"][m].items())) for m in methods if m in out["runs"]}  # fixed order
     return out
 
@@ -342,7 +335,7 @@ def plot_results(res: dict, path=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.reproduce")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.lab.reproduce")
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="experiment size (default: cpu)")
     p.add_argument("--mix", choices=MIXES, default="easy", help="SFT mix (default: easy; cipher adds new content)")
     p.add_argument("--methods", nargs="+", choices=RUN_LABELS,

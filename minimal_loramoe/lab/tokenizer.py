@@ -14,7 +14,7 @@ SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3 in every vocabulary buil
 
 
 def build_tokenizer(world: World) -> PreTrainedTokenizerFast:
-    """Word-level tokenizer over :func:`minimal_loramoe.world.vocabulary`; encoding prepends ``<s>``.
+    """Word-level tokenizer over :func:`minimal_loramoe.lab.world.vocabulary`; encoding prepends ``<s>``.
 
     The vocabulary order is deterministic (special tokens, then the sorted words), so the same world always gives
     the same token ids. ``</s>`` is *not* added automatically: pretraining appends it to each document and the

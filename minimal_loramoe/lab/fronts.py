@@ -1,4 +1,4 @@
-"""Learning-forgetting fronts: ``python -m minimal_loramoe.fronts run|collect``.
+"""Learning-forgetting fronts: ``python -m minimal_loramoe.lab.fronts run|collect``.
 
 A method that learns less also forgets less (Biderman et al., 2024, *LoRA Learns Less and Forgets Less*), so
 "method X keeps more knowledge" means something only at matched learning. Here every method is fine-tuned at
@@ -28,11 +28,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .methods import FRONTS_LR_GRIDS, METHODS, SLIM_GRID, get_method
+from ..methods import FRONTS_LR_GRIDS, METHODS, SLIM_GRID, get_method
 from . import resources
 from .report import LEARNED, LEARNED_BAR, color_of, diff_ci95, sample_std
-from .reproduce import (KNOWLEDGE_FRACTION, RESULTS_DIR, RUNS_DIR, SCALES, adapter_path, load_run, one_run,
-                        plot_curves, run_point)
+from .reproduce import KNOWLEDGE_FRACTION, RESULTS_DIR, RUNS_DIR, SCALES, one_run, plot_curves, run_point
+from . import runs
+from .runs import RunKey, pool_results
 from .world import MIXES
 
 SFT_SIZES = tuple(SCALES["full"]["sft_sizes"])  # evaluated along one pass (constant lr after warm-up)
@@ -44,11 +45,11 @@ GRIDS = FRONTS_LR_GRIDS
 def run_grid(points, workers: int = 2, sizes=SFT_SIZES, root=RUNS_DIR, progress=True, keep_adapters=False):
     """Run every ``(mix, method, lr, seed)`` not yet stored, ``workers`` processes side by side (1 thread each).
 
-    ``keep_adapters``: also keep each adapter run's trained adapters (``reproduce.adapter_path``); a stored run
+    ``keep_adapters``: also keep each adapter run's trained adapters (``runs.RunKey.adapter_path``); a stored run
     without them is run again for them."""
     keep = lambda p: keep_adapters and get_method(p[1]).adapter is not None  # noqa: E731  (full FT: no adapters)
-    todo = [p for p in points if load_run(*p, sizes=sizes, root=root) is None
-            or (keep(p) and not adapter_path(*p, root=root).is_file())]
+    todo = [p for p in points if runs.load(RunKey(*p), sizes, root) is None
+            or (keep(p) and not RunKey(*p).adapter_path(root).is_file())]
     if not todo:
         return
     bar = tqdm(total=len(todo), desc="grid runs", disable=not progress)
@@ -64,12 +65,9 @@ def run_grid(points, workers: int = 2, sizes=SFT_SIZES, root=RUNS_DIR, progress=
         for p in todo:
             report(p, run_point(*p, sizes=sizes, root=root, keep_adapter=keep(p)))
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(run_point, *p, sizes, 1, root, keep_adapter=keep(p)): p for p in todo}
-            for fut in as_completed(futures):
-                report(futures[fut], fut.result())
+        for p, run in pool_results([(p, run_point, (*p, sizes, 1, root), {"keep_adapter": keep(p)}) for p in todo],
+                                   workers):
+            report(p, run)
     bar.close()
 
 
@@ -80,11 +78,9 @@ def collect(mix: str, root=RUNS_DIR, sizes=SFT_SIZES) -> dict:
     largest = str(max(sizes))
     out = {"mix": mix, "sft_sizes": list(sizes), "largest": max(sizes), "tradeoff": {}}
     for method in METHODS:
-        folder = Path(root) / mix / method
-        runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
-        runs = [r for r in runs if largest in r["evals"]]
+        stored = [runs.read(key, root) for key in runs.keys(root, mix, method)]
         by_lr = {}
-        for r in runs:
+        for r in (r for r in stored if largest in r["evals"]):
             by_lr.setdefault(r["lr"], []).append(r)
         for lr in sorted(by_lr):
             out["tradeoff"].setdefault(method, {})[f"{lr:g}"] = _point(by_lr[lr], sizes)
@@ -115,7 +111,7 @@ def live_fronts(points, size: int, new_content_fraction: float, seed: int = 0, w
     tasks) and return the fronts schema of :func:`collect` (``mix="cipher"``, one seed per point: no spread), for
     :func:`plot_fronts` and :func:`front_point`. ``workers`` processes side by side, one CPU thread each (on a GPU,
     ``device="cuda"``, one after the other). ``eval_sizes``: also evaluate after these numbers of rows (the
-    point's ``curve``). Nothing is stored (``python -m minimal_loramoe.fronts live`` stores, see :func:`live_key`)."""
+    point's ``curve``). Nothing is stored (``python -m minimal_loramoe.lab.fronts live`` stores, see :func:`live_key`)."""
     for method, lr in points:
         get_method(method)
         if not lr > 0:
@@ -144,12 +140,9 @@ def live_fronts(points, size: int, new_content_fraction: float, seed: int = 0, w
         for method, lr in points:
             report(method, lr, one_run(method, seed, lr, sizes, **kw))
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [(m, lr, pool.submit(one_run, m, seed, lr, sizes, threads=1, **kw)) for m, lr in points]
-            for method, lr, fut in futures:
-                report(method, lr, fut.result())
+        calls = [((m, lr), one_run, (m, seed, lr, sizes), {"threads": 1, **kw}) for m, lr in points]
+        for (method, lr), evals in pool_results(calls, workers):  # in the order they end: sorted below
+            report(method, lr, evals)
     bar.close()
     order = [m for m, _ in points]
     out["tradeoff"] = {m: dict(sorted(out["tradeoff"][m].items(), key=lambda kv: float(kv[0])))
@@ -189,7 +182,7 @@ def run_live(path, points, size, new_content_fraction, seed=0, workers=2, eval_s
 
 
 def best_at(fronts: dict, method: str, learned: str = "downstream", at_least: float = LEARNED_BAR):
-    """The method's *front point* (the book's one rule, :mod:`minimal_loramoe.report`): the learning rate (as
+    """The method's *front point* (the book's one rule, :mod:`minimal_loramoe.lab.report`): the learning rate (as
     stored, e.g. ``"0.001"``) and point with the most mean knowledge among the method's points whose mean
     ``learned`` ("downstream" or "new_content") is at least ``at_least``; ``(None, None)`` if none did."""
     if learned not in ("downstream", "new_content"):
@@ -218,7 +211,7 @@ def family_point(fronts: dict, base: str) -> dict:
     weight and DARE rate): ``{"points": {(name, lr): point} of every one run, "best": (name, lr, point) -- the most
     knowledge among the points that learned enough (``report.LEARNED``, ``LEARNED_BAR``), or None --,
     "most_learned": (name, lr, point) -- the point that learned most, ties to more knowledge}``."""
-    from .methods import TABLE
+    from ..methods import TABLE
     names = [n for n, m in TABLE.items() if n == base or m.variant_of == base]
     if base == "slim":
         names += [n for n in SLIM_GRID.values() if n not in names]  # slim_no_merge: a corner of SLIM's grid
@@ -300,7 +293,7 @@ def plot_family(fronts: dict, base: str, ax=None, label=None):
     dashed line and the rule's front point ringed; on the axes of :func:`plot_fronts` (call that one first for the
     other methods)."""
     import matplotlib.pyplot as plt
-    from .methods import TABLE
+    from ..methods import TABLE
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4.5), facecolor="white")
     fam = family_point(fronts, base)
@@ -342,7 +335,7 @@ def summary_figure(fixed: dict, easy: dict, cipher: dict, path=None, methods=("f
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.fronts")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.lab.fronts")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="fine-tune the grid points not yet stored")
     r.add_argument("--mix", choices=MIXES, required=True)
@@ -352,7 +345,7 @@ def main(argv=None):
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--keep-adapters", action="store_true",
-                   help="keep each run's trained adapters beside it (for python -m minimal_loramoe.mechanism)")
+                   help="keep each run's trained adapters beside it (for python -m minimal_loramoe.lab.mechanism)")
     lv = sub.add_parser("live", help="the search for a live setting: (method, lr) points on a denser cipher mix, "
                         f"merged into {LIVE_FILE}")
     lv.add_argument("--fraction", type=float, required=True, help="share of new-content (cipher) rows")

@@ -4,9 +4,9 @@ This stands in for the pretraining of a real LLM: afterwards the model "knows" t
 those of held-out countries, which it only read about in bios -- and has the plain-text skills, but has never
 seen the instruction format. Every batch is sampled fresh, so there are no epochs.
 
-    python -m minimal_loramoe.pretrain                  # -> runs/tiny_llama
-    python -m minimal_loramoe.pretrain --store          # rebuilds the shipped checkpoint minimal_loramoe/data/tiny_llama
-    python -m minimal_loramoe.pretrain --steps 300 --out /tmp/tiny
+    python -m minimal_loramoe.lab.pretrain                  # -> runs/tiny_llama
+    python -m minimal_loramoe.lab.pretrain --store          # rebuilds the shipped checkpoint minimal_loramoe/data/tiny_llama
+    python -m minimal_loramoe.lab.pretrain --steps 300 --out /tmp/tiny
 """
 import argparse
 import math
@@ -20,9 +20,9 @@ from transformers import LlamaForCausalLM
 from .evaluate import knowledge_accuracy, task_accuracy
 from . import resources
 from .model import DEFAULT_CHECKPOINT, save_checkpoint, tiny_llama_config
-from .sft import IGNORE_INDEX
+from ..sft import IGNORE_INDEX
 from .tokenizer import build_tokenizer
-from .utils import get_device, set_seed
+from ..utils import get_device, set_seed
 from .world import World, WorldConfig, make_world, pretraining_batch, save_samples
 
 

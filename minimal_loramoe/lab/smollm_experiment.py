@@ -4,26 +4,27 @@ The contract. This module is the *experiment*, not the model: the recipes (what 
 shares), the learning-rate grids, one point (:func:`run_point`: fine-tune a copy, evaluate along the way), the
 results files (:func:`run_experiment`, resumable, one point per method, learning rate and seed;
 :func:`merge_results`), the readers and figures of chapter 10, and the command. Everything it knows of the model
-comes from :mod:`minimal_loramoe.smollm` (loading, probe, chat, generation, scoring, the typed mixes)::
+comes from :mod:`minimal_loramoe.lab.smollm` (loading, probe, chat, generation, scoring, the typed mixes)::
 
-    python -m minimal_loramoe.smollm_experiment run --methods full_ft lora loramoe --steps 160   # -> runs/smollm2.json
-    python -m minimal_loramoe.smollm_experiment merge a.json b.json   # the files of runs made in parallel
-    python -m minimal_loramoe.smollm_experiment run --mix codes --steps 1000 ...   # new content: smollm2_codes.json
-    python -m minimal_loramoe.smollm_experiment show   # the table of the committed file
+    python -m minimal_loramoe.lab.smollm_experiment run --methods full_ft lora loramoe --steps 160   # -> runs/smollm2.json
+    python -m minimal_loramoe.lab.smollm_experiment merge a.json b.json   # the files of runs made in parallel
+    python -m minimal_loramoe.lab.smollm_experiment run --mix codes --steps 1000 ...   # new content: smollm2_codes.json
+    python -m minimal_loramoe.lab.smollm_experiment show   # the table of the committed file
 
 Both write ``runs/smollm2.json`` by default; ``--store`` writes the committed
 ``minimal_loramoe/data/results/smollm2.json`` the chapter reads (maintainers).
 
-**The template for adding a new model.** Another model is two laboratory modules like these two, listed in
-``tests/test_floors.py``'s ``LABORATORY``, each with its test file (``tests/test_<module>.py``):
+**The template for adding a new model.** Another model is two laboratory modules like these two, in
+``minimal_loramoe/lab/`` (the laboratory's folder, ``tests/test_floors.py``), each with its test file
+(``tests/test_<module>.py``):
 
-1. ``<model>.py``, the model (as :mod:`minimal_loramoe.smollm`): ``load_<model>()`` returning ``(model,
+1. ``<model>.py``, the model (as :mod:`minimal_loramoe.lab.smollm`): ``load_<model>()`` returning ``(model,
    tokenizer)`` offline (the tokenizer padding on the left, for batched generation); its chat rendering,
    ``chat_prompt`` = ``train.render_chat`` with the model's system message, and its batch encoder
    ``encode_chat`` = ``train.chat_encoder(system)`` (check that ``tokenizer.eos_token`` ends a turn); greedy
    ``generate_answers`` and the scoring (``evaluate_knowledge``, ``evaluate_task``); ``router_weights`` on
    ``routing.expert_weights``; and the data it is probed and fine-tuned with. For a chat model the probe, the
-   tasks and the mixes of :mod:`minimal_loramoe.smollm` can be imported as they are (they are text); only facts
+   tasks and the mixes of :mod:`minimal_loramoe.lab.smollm` can be imported as they are (they are text); only facts
    the new model knows make a fair probe, so check which probe questions its base model answers.
 2. ``<model>_experiment.py``, the experiment (this module): the recipes and grids for the model's scale
    (``RECIPE``, ``LR_GRID``; full fine-tuning of a larger model needs lower rates), ``prepare`` (what stays
@@ -42,12 +43,12 @@ from pathlib import Path
 import torch
 
 from . import fronts, resources
-from .finetune import FinetuneConfig, prepare_model, sft_loop
-from .methods import get_method
+from ..finetune import FinetuneConfig, prepare_model, sft_loop
+from ..methods import get_method
 from .smollm import (CODE_PARAPHRASE, SFT_MIXES, chat_dataset, codes_mix, codes_task, data_file, encode_chat,
                      evaluate_knowledge, evaluate_task, load_probe, load_registry, load_smollm2, router_weights,
                      sft_mix, task_test_set)
-from .utils import set_seed
+from ..utils import set_seed
 
 RESULTS_FILE = resources.RESULTS_DIR / "smollm2.json"
 # A small grid per method, bracketing the usual rates: full fine-tuning moves every weight and needs rates ~10x
@@ -410,7 +411,7 @@ def plot_curves(results: dict, steps: int, main_lrs: dict):
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m minimal_loramoe.smollm_experiment",
+    p = argparse.ArgumentParser(prog="python -m minimal_loramoe.lab.smollm_experiment",
                                 description="Chapter 10's experiment on SmolLM2-135M (writes JSON).")
     sub = p.add_subparsers(dest="command", required=True)
     mix_help = (f"the SFT mix, one of {SFT_MIXES}: world-knowledge QA with word reversal (chapter 10; results in "

@@ -10,9 +10,9 @@ measures and draws.
 import numpy as np
 import torch
 
-from .inject import adapter_layers
+from ..inject import adapter_layers
 from .report import color_of
-from .routing import expert_weights
+from ..routing import expert_weights
 
 
 def short_name(name: str) -> str:

@@ -8,7 +8,7 @@ For the one-token answers of the knowledge questions it is next-token exact matc
 """
 import torch
 
-from .sft import IGNORE_INDEX, answer_logits, encode_examples
+from ..sft import IGNORE_INDEX, answer_logits, encode_examples
 from .world import TASKS, World, is_instruction, knowledge_eval, task_eval
 
 
@@ -16,7 +16,7 @@ def _columns(dataset):
     try:
         return list(dataset["prompt"]), list(dataset["answer"])
     except (KeyError, TypeError) as err:
-        raise ValueError("dataset must have 'prompt' and 'answer' columns (see minimal_loramoe.world)") from err
+        raise ValueError("dataset must have 'prompt' and 'answer' columns (see minimal_loramoe.lab.world)") from err
 
 
 @torch.no_grad()

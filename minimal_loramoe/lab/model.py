@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 from .resources import CHECKPOINT_DIR
-from .utils import get_device
+from ..utils import get_device
 from .world import World, save_world_config, world_from_json
 
 # the shipped checkpoint: package data (minimal_loramoe/data/tiny_llama), found wherever the package is installed
@@ -36,7 +36,7 @@ def _resolve_checkpoint(path) -> Path:
     if path.is_dir() and (path / WORLD_CONFIG_FILE).is_file():
         return path
     raise FileNotFoundError(f"no tiny LLaMA checkpoint at {str(path)!r}; create it with "
-                            f"`python -m minimal_loramoe.pretrain --out {path}` (about 2-3 minutes on a CPU)")
+                            f"`python -m minimal_loramoe.lab.pretrain --out {path}` (about 2-3 minutes on a CPU)")
 
 
 def load_pretrained(path=DEFAULT_CHECKPOINT, device=None):
