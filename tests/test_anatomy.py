@@ -9,28 +9,10 @@ from datasets import Dataset  # noqa: E402
 
 from minimal_loramoe import LoRAMoELinear, add_loramoe  # noqa: E402
 from minimal_loramoe.lab import anatomy  # noqa: E402
-from minimal_loramoe.lab.tokenizer import build_tokenizer  # noqa: E402
-from minimal_loramoe.lab.world import make_world  # noqa: E402
 
 DATA = Dataset.from_dict({"prompt": ["Q : What is the capital of Poba ? A :", "### Instruction : What is a doubled ?",
                                      "### Instruction : What is b doubled ?"],
                           "answer": ["red", "a a", "b b"], "type": [1, 0, 0], "task": ["knowledge", "double", "add"]})
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer(make_world())
-
-
-@pytest.fixture
-def moe(tiny_llama, tok):
-    tiny_llama.resize_token_embeddings(len(tok))
-    model = add_loramoe(tiny_llama, num_experts=4, rank=2)
-    torch.manual_seed(1)
-    for layer in [m for m in model.modules() if hasattr(m, "router")]:
-        torch.nn.init.normal_(layer.router.weight, std=1.0)
-        torch.nn.init.normal_(layer.lora_B, std=0.1)
-    return model.eval()
 
 
 def test_short_name():
@@ -47,11 +29,11 @@ def test_tv_and_gate_spread():
     assert same == {"tokens": 0.0, "types": 0.0}
 
 
-def test_layer_inputs_catch_every_adapter_input_and_remove_the_hooks(moe, tok):
+def test_layer_inputs_catch_every_adapter_input_and_remove_the_hooks(random_moe, world_tok):
     ids = torch.tensor([[1, 2, 3, 4]])
-    inputs = anatomy.layer_inputs(moe, ids, torch.ones_like(ids))
+    inputs = anatomy.layer_inputs(random_moe, ids, torch.ones_like(ids))
     assert len(inputs) == 6 and all(x.shape[:2] == (1, 4) for x in inputs.values())
-    assert all(not m._forward_hooks for m in moe.modules() if isinstance(m, LoRAMoELinear))
+    assert all(not m._forward_hooks for m in random_moe.modules() if isinstance(m, LoRAMoELinear))
 
 
 def test_update_stats_of_a_layer():
@@ -68,12 +50,12 @@ def test_update_stats_of_a_layer():
     assert s["amplification"] == pytest.approx(1) and s["vs_uniform"] == pytest.approx(1)
 
 
-def test_group_share_by_task_follows_expert_weights(moe, tok):
-    shares = anatomy.group_share_by_task(moe, tok, DATA, ["knowledge", "double", "add"])
+def test_group_share_by_task_follows_expert_weights(random_moe, world_tok):
+    shares = anatomy.group_share_by_task(random_moe, world_tok, DATA, ["knowledge", "double", "add"])
     assert len(shares) == 3 and all(0 < s < 1 for s in shares)
 
 
-def test_figures_draw(moe, tok):
+def test_figures_draw(random_moe, world_tok):
     gates = torch.softmax(torch.randn(3, 4), -1)
     figs = [anatomy.plot_token_gates({"a": (["x", "y", "z"], gates)}, {"a": (["x", "y", "z"], gates)}, "t")]
     history = {"loss": [3.0 - 0.1 * i for i in range(20)], "lbc": [0.01] * 20}

@@ -89,17 +89,11 @@ def test_missing_cache_is_reported(tmp_path):
 
 # ---------------------------------------------------------------- the real model
 
-@pytest.fixture(scope="module")
-def model_and_tokenizer():
-    if not HAVE_MODEL:
-        pytest.skip("SmolLM2 not available")
-    torch.manual_seed(0)
-    return smollm.load_smollm2()
 
 
 @needs_model
-def test_it_is_a_real_smollm2(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def test_it_is_a_real_smollm2(smollm2):
+    model, tok = smollm2
     cfg = model.config
     assert type(model).__name__ == "LlamaForCausalLM"
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size) == (576, 30, 1536)
@@ -111,8 +105,8 @@ def test_it_is_a_real_smollm2(model_and_tokenizer):
 
 @pytest.mark.slow
 @needs_model
-def test_cache_reloads_identically(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def test_cache_reloads_identically(smollm2):
+    model, tok = smollm2
     again, _ = smollm.load_smollm2(source="cache")
     ids = tok(smollm.chat_prompt(tok, "What is the capital of France?"), return_tensors="pt",
               add_special_tokens=False)["input_ids"]
@@ -121,8 +115,8 @@ def test_cache_reloads_identically(model_and_tokenizer):
 
 
 @needs_model
-def test_chat_prompt_holds_the_special_tokens(model_and_tokenizer):
-    _, tok = model_and_tokenizer
+def test_chat_prompt_holds_the_special_tokens(smollm2):
+    _, tok = smollm2
     text = smollm.chat_prompt(tok, "Hi?")
     assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
     ids = tok(text, add_special_tokens=False)["input_ids"]
@@ -132,8 +126,8 @@ def test_chat_prompt_holds_the_special_tokens(model_and_tokenizer):
 
 @pytest.mark.slow
 @needs_model
-def test_the_base_model_knows_facts_and_not_the_task(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def test_the_base_model_knows_facts_and_not_the_task(smollm2):
+    model, tok = smollm2
     probe = [p for p in smollm.load_probe() if p["question"].startswith("What is the capital of")][:4]
     result = smollm.evaluate_knowledge(model, tok, probe)  # France, Japan, Italy, Germany
     assert result.n_correct >= 3, result.answers
@@ -142,8 +136,8 @@ def test_the_base_model_knows_facts_and_not_the_task(model_and_tokenizer):
 
 
 @needs_model
-def test_encode_sft_trains_on_the_answer_only(model_and_tokenizer):
-    _, tok = model_and_tokenizer
+def test_encode_sft_trains_on_the_answer_only(smollm2):
+    _, tok = smollm2
     samples = [{"question": "Reverse the order of these words: cat dog", "answer": "dog cat"},
                {"question": "Reverse the order of these words: red blue green", "answer": "green blue red"}]
     batch = smollm.encode_sft(tok, samples)
@@ -156,10 +150,10 @@ def test_encode_sft_trains_on_the_answer_only(model_and_tokenizer):
 
 
 @needs_model
-def test_the_chat_encoder_trains_with_the_end_of_turn(model_and_tokenizer):
+def test_the_chat_encoder_trains_with_the_end_of_turn(smollm2):
     """encode_chat is train.chat_encoder with the empty system message: SmolLM2's eos token ends a turn."""
     from minimal_loramoe.train import chat_encoder, render_chat
-    _, tok = model_and_tokenizer
+    _, tok = smollm2
     assert tok.eos_token == "<|im_end|>"
     q = "What is the capital of France?"
     assert smollm.chat_prompt(tok, q) == render_chat(tok, q, system="") != render_chat(tok, q)
@@ -169,8 +163,8 @@ def test_the_chat_encoder_trains_with_the_end_of_turn(model_and_tokenizer):
 
 
 @needs_model
-def test_router_weights_are_the_routing_statistics_of_the_chat_prompts(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def test_router_weights_are_the_routing_statistics_of_the_chat_prompts(smollm2):
+    model, tok = smollm2
     moe = add_loramoe(copy.deepcopy(model), num_experts=4, rank=2, alpha=4, dropout=0.0)
     for layer in moe.modules():
         if hasattr(layer, "router"):
@@ -191,8 +185,8 @@ def test_router_weights_are_the_routing_statistics_of_the_chat_prompts(model_and
 
 
 @needs_model
-def test_answer_loss_matches_the_library_loss(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def test_answer_loss_matches_the_library_loss(smollm2):
+    model, tok = smollm2
     batch = smollm.encode_sft(tok, smollm.reversal_task(smollm.load_words(), 3, seed=1))
     with torch.no_grad():
         ours = answer_loss(model, batch)
@@ -202,10 +196,10 @@ def test_answer_loss_matches_the_library_loss(model_and_tokenizer):
 
 @pytest.mark.slow
 @needs_model
-def test_adapters_start_as_the_base_model_and_train(model_and_tokenizer):
+def test_adapters_start_as_the_base_model_and_train(smollm2):
     import copy
 
-    model, tok = model_and_tokenizer
+    model, tok = smollm2
     batch = smollm.encode_sft(tok, smollm.reversal_task(smollm.load_words(), 2, seed=2))
     with torch.no_grad():
         ref = answer_loss(model, batch)
@@ -344,8 +338,8 @@ def test_codes_mix_is_typed_seeded_and_balanced():
 
 
 @needs_model
-def test_registry_names_are_invented_and_unknown_to_the_base_model(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def test_registry_names_are_invented_and_unknown_to_the_base_model(smollm2):
+    model, tok = smollm2
     # the shipped file is what the generator writes with SmolLM2's tokenizer; every name takes >= 3 tokens
     assert smollm.make_registry(100, seed=0, tokenizer=tok) == smollm.load_registry()
     assert all(len(tok(" " + r["name"], add_special_tokens=False)["input_ids"]) >= smollm.MIN_NAME_TOKENS
@@ -354,8 +348,8 @@ def test_registry_names_are_invented_and_unknown_to_the_base_model(model_and_tok
 
 
 @needs_model
-def test_generate_by_length_returns_the_answers_in_question_order(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def test_generate_by_length_returns_the_answers_in_question_order(smollm2):
+    model, tok = smollm2
     questions = ["What is the capital of Japan?", "Hi?", smollm.CODE_QUESTION.format(name="Vresdrax")]
     plain = smollm.generate_answers(model, tok, questions, max_new_tokens=3, batch_size=2)
     assert smollm.generate_answers(model, tok, questions, max_new_tokens=3, batch_size=2, by_length=True) == plain

