@@ -15,7 +15,7 @@ The pieces, one module each:
 from .balance import corrected_localized_balance_loss, localized_balance_loss, model_balance_loss
 from .config import FFN_MODULES, TARGET_MODULES, AdapterConfig
 from .inject import (add_adapters, add_gated_lora, add_lora, add_loramoe, adapter_layers, count_parameters,
-                     load_adapter, load_loramoe, save_adapter, save_loramoe)
+                     load_adapter, load_adapter_file, save_adapter, save_adapter_file)
 from .lora import GatedLoRALinear, LoRALinear
 from .loramoe import LoRAMoELinear
 from .clusters import SlidingClusters
@@ -23,7 +23,7 @@ from .slim import dare_masked, l1_penalty, merge_loramoe
 
 __all__ = ["LoRALinear", "GatedLoRALinear", "LoRAMoELinear", "localized_balance_loss",
            "corrected_localized_balance_loss", "model_balance_loss", "add_loramoe", "add_lora", "add_gated_lora",
-           "adapter_layers", "count_parameters", "save_loramoe", "load_loramoe", "FFN_MODULES", "TARGET_MODULES",
-           "AdapterConfig", "add_adapters", "save_adapter", "load_adapter",
+           "adapter_layers", "count_parameters", "save_adapter_file", "load_adapter_file", "FFN_MODULES",
+           "TARGET_MODULES", "AdapterConfig", "add_adapters", "save_adapter", "load_adapter",
            "SlidingClusters", "dare_masked", "l1_penalty", "merge_loramoe"]
 __version__ = "0.1.0"

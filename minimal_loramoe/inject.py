@@ -11,7 +11,7 @@ checked before any weight is written):
 * an adapter *folder* in PEFT's layout (:func:`save_adapter`, :func:`load_adapter`): ``adapter_config.json``
   (the :class:`~minimal_loramoe.config.AdapterConfig`) and ``adapter_model.safetensors`` with PEFT's tensor names
   (``base_model.model.<module>.lora_A.weight``); a plain-LoRA folder is a PEFT LoRA adapter;
-* one file (:func:`save_loramoe`, :func:`load_loramoe`) with the config in the file's metadata.
+* one file (:func:`save_adapter_file`, :func:`load_adapter_file`) with the config in the file's metadata.
 """
 import json
 import os
@@ -31,7 +31,7 @@ from .utils import atomic_save_file
 ADAPTER_TYPES = {"LORAMOE": LoRAMoELinear, "LORA": LoRALinear, "GATED_LORA": GatedLoRALinear}
 ADAPTER_LAYERS = tuple(ADAPTER_TYPES.values())
 CONFIG_ATTR = "minimal_loramoe_config"  # where add_* keeps the AdapterConfig on the model
-ADAPTER_FILE = "adapter.safetensors"  # the single file of save_loramoe (and of training runs before the folders)
+ADAPTER_FILE = "adapter.safetensors"  # the single file of save_adapter_file (and of training runs before the folders)
 PEFT_PREFIX = "base_model.model."  # PEFT's names: base_model.model.<module name>.lora_A.weight
 _D = AdapterConfig()  # the defaults of the add_* functions below come from here
 
@@ -229,7 +229,7 @@ def _copy_into(model: nn.Module, tensors: dict) -> None:
 # ------------------------------------------------------------------------------------------------ one file
 
 
-def save_loramoe(model: nn.Module, path, state_dict: dict | None = None) -> None:
+def save_adapter_file(model: nn.Module, path, state_dict: dict | None = None) -> None:
     """Write only the adapters (and their :class:`AdapterConfig`, as metadata) to one safetensors file, atomically.
 
     Buffers are included: the cluster statistics of SLIM's weight yielding belong to the trained adapter.
@@ -254,7 +254,7 @@ def _adapter_tensors(model, state_dict) -> dict:
 
 
 def _config_of_metadata(meta: str, source: str) -> AdapterConfig:
-    """The config in a :func:`save_loramoe` file: an AdapterConfig dict, or the ``{"adapter", "rank", "alpha",
+    """The config in a :func:`save_adapter_file` file: an AdapterConfig dict, or the ``{"adapter", "rank", "alpha",
     "dropout", ...}`` of files written before AdapterConfig existed."""
     try:
         d = json.loads(meta)
@@ -266,8 +266,8 @@ def _config_of_metadata(meta: str, source: str) -> AdapterConfig:
     return AdapterConfig.from_dict(d, source=source)
 
 
-def load_loramoe(model: nn.Module, path) -> nn.Module:
-    """Load adapters saved by :func:`save_loramoe` into a model prepared with the same ``add_*`` settings.
+def load_adapter_file(model: nn.Module, path) -> nn.Module:
+    """Load adapters saved by :func:`save_adapter_file` into a model prepared with the same ``add_*`` settings.
 
     All or nothing: refuses (``ValueError`` naming the file) a corrupt file, one saved for another model class or
     with other settings (dropout may differ), or whose tensor names or shapes do not fit -- before any weight is
@@ -279,7 +279,7 @@ def load_loramoe(model: nn.Module, path) -> nn.Module:
     adapter_config(model)  # has adapters
     tensors, meta = _read_tensors(path)
     if "minimal_loramoe" not in meta:
-        raise ValueError(f"{path!r} is not an adapter file written by save_loramoe (no minimal_loramoe metadata)")
+        raise ValueError(f"{path!r} is not an adapter file written by save_adapter_file (no minimal_loramoe metadata)")
     _check_same_adapters(_config_of_metadata(meta["minimal_loramoe"], repr(path)), model, repr(path))
     _check_fit(tensors, _expected_shapes(model, adapter_config(model)), repr(path))
     _copy_into(model, tensors)
@@ -304,7 +304,7 @@ def from_peft_name(name: str) -> str:
 def save_adapter(model: nn.Module, folder, state_dict: dict | None = None) -> Path:
     """Write the adapters of ``model`` into ``folder`` in PEFT's layout: ``adapter_model.safetensors`` (PEFT's
     tensor names) and ``adapter_config.json`` (the :class:`AdapterConfig`), each atomically. ``state_dict``: as
-    in :func:`save_loramoe`. Returns the folder."""
+    in :func:`save_adapter_file`. Returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = adapter_config(model)

@@ -102,7 +102,7 @@ class LoRALinear(FrozenBase, nn.Module):
             return y
         return y + self.lora_delta(x)
 
-    def delta_weight(self) -> torch.Tensor:
+    def get_delta_weight(self) -> torch.Tensor:
         """The dense update ``scaling * B @ A``, shape (d_out, d_in) -- what merging adds to W0."""
         return self.scaling * (self.lora_B @ self.lora_A)
 
@@ -114,14 +114,14 @@ class LoRALinear(FrozenBase, nn.Module):
         matrix to add.
         """
         if not self.merged:
-            self.base_layer.weight += self.to_base_layout(self.delta_weight())
+            self.base_layer.weight += self.to_base_layout(self.get_delta_weight())
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
         """Undo :meth:`merge` (up to float rounding)."""
         if self.merged:
-            self.base_layer.weight -= self.to_base_layout(self.delta_weight())
+            self.base_layer.weight -= self.to_base_layout(self.get_delta_weight())
             self.merged = False
 
     def extra_repr(self) -> str:

@@ -44,14 +44,14 @@ def _gate_sums(model, tokenizer, dataset, batch_size, encode=_plain_batch):
     return list(layers), sums, counts
 
 
-def expert_weights(model, tokenizer, dataset, batch_size: int = 256, encode=_plain_batch):
+def mean_gates_by_type(model, tokenizer, dataset, batch_size: int = 256, encode=_plain_batch):
     """Mean gate weight of every expert in every LoRAMoE layer, per sample type, over all real tokens.
 
     Returns ``(names, W)`` with W a tensor (num_layers, 2, E + I): ``W[l, t, n]`` is the average weight expert n
     of layer l gives to the tokens of samples of type t (0 = task, 1 = knowledge); identity experts (if any) come
     last. Each row sums to 1. ``encode(tokenizer, prompts, answers)`` makes each batch (``input_ids`` and
     ``attention_mask``; only the tokens the mask marks count): by default ``prompt answer </s>``; a chat model
-    passes its own format (e.g. ``minimal_loramoe.lab.smollm.router_weights``: chat prompts only).
+    passes its own format (e.g. ``minimal_loramoe.lab.smollm.prompt_mean_gates``: chat prompts only).
     """
     names, sums, counts = _gate_sums(model, tokenizer, dataset, batch_size, encode)
     return names, (sums / counts.clamp(min=1).view(1, 2, 1)).float()
@@ -73,7 +73,7 @@ def group_weight(model, tokenizer, dataset, batch_size: int = 256) -> dict:
     With identity experts (SLIM) the shares are still of *all* gate weight, and the identity experts' share is
     added as ``"identity_knowledge_samples"`` and ``"identity_task_samples"``.
     """
-    _, W = expert_weights(model, tokenizer, dataset, batch_size)
+    _, W = mean_gates_by_type(model, tokenizer, dataset, batch_size)
     layer = next(iter(_moe_layers(model).values()))
     E = layer.num_experts
     share = W[..., :E // 2].sum(-1).mean(0)  # (2,) over layers

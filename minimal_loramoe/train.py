@@ -63,7 +63,7 @@ from .checkpoint import CHECKPOINT_FILE
 from .config import CONFIG_FILE
 from .sft import encode_examples
 from .finetune import COLUMNS, FinetuneConfig, TrainingStopped, plain_encoder, prepare_model, sft_loop
-from .inject import ADAPTER_FILE, load_adapter, load_loramoe
+from .inject import ADAPTER_FILE, load_adapter, load_adapter_file
 from .methods import get_method
 from .utils import atomic_write_text, set_seed
 
@@ -422,7 +422,7 @@ def load_trained(out, model_dir=None, device=None):
     if (out / CONFIG_FILE).is_file():
         load_adapter(out, model)
     elif (out / ADAPTER_FILE).is_file():  # a run written before adapter folders
-        load_loramoe(prepare_model(model, config, copy_model=False), out / ADAPTER_FILE)
+        load_adapter_file(prepare_model(model, config, copy_model=False), out / ADAPTER_FILE)
     else:
         raise ValueError(f"no adapters in {str(out)!r} (no {CONFIG_FILE})")
     return model.to(device or "cpu").eval(), tokenizer

@@ -5,7 +5,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from minimal_loramoe import add_loramoe, save_loramoe
+from minimal_loramoe import add_loramoe, save_adapter_file
 from minimal_loramoe.finetune import (FinetuneConfig, batch_indices, check_sft_dataset, finetune, lr_factor,
                                       prepare_model, sft_loop)
 from minimal_loramoe.lab.model import load_pretrained
@@ -88,13 +88,13 @@ def test_prepare_model_copies_unless_asked_not_to(tiny_llama):
 
 def test_save_loramoe_takes_a_gathered_state_dict(tiny_llama, tmp_path):
     add_loramoe(tiny_llama, num_experts=2, rank=2)
-    from minimal_loramoe.inject import adapter_state_dict, load_loramoe
+    from minimal_loramoe.inject import adapter_state_dict, load_adapter_file
     state = {k: torch.full_like(v, 0.5) for k, v in adapter_state_dict(tiny_llama).items()}
-    save_loramoe(tiny_llama, tmp_path / "a.safetensors", state_dict=state)
-    load_loramoe(tiny_llama, tmp_path / "a.safetensors")
+    save_adapter_file(tiny_llama, tmp_path / "a.safetensors", state_dict=state)
+    load_adapter_file(tiny_llama, tmp_path / "a.safetensors")
     assert all((v == 0.5).all() for v in adapter_state_dict(tiny_llama).values())
     with pytest.raises(ValueError, match="exactly the model's adapter tensors"):
-        save_loramoe(tiny_llama, tmp_path / "b.safetensors", state_dict=dict(list(state.items())[:1]))
+        save_adapter_file(tiny_llama, tmp_path / "b.safetensors", state_dict=dict(list(state.items())[:1]))
 
 
 @pytest.mark.parametrize("kind, zero_stage, config", [

@@ -4,7 +4,7 @@ from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from minimal_loramoe import (LoRAMoELinear, add_gated_lora, add_lora, add_loramoe, adapter_layers,
-                             count_parameters, load_loramoe, save_loramoe)
+                             count_parameters, load_adapter_file, save_adapter_file)
 
 
 def test_identity_at_init_llama(tiny_llama):
@@ -63,9 +63,9 @@ def test_save_load_roundtrip_is_bitwise(tiny_llama, tmp_path):
     for m in adapter_layers(model).values():
         nn.init.normal_(m.lora_B)
     path = tmp_path / "adapter.safetensors"
-    save_loramoe(model, path)
+    save_adapter_file(model, path)
     other = add_loramoe(fresh, num_experts=4, rank=2)
-    load_loramoe(other, path)
+    load_adapter_file(other, path)
     ids = torch.randint(0, 64, (2, 9))
     assert torch.equal(other(ids).logits, model(ids).logits)
     for k, v in model.state_dict().items():
@@ -81,11 +81,11 @@ def test_load_refuses_other_settings_and_missing_file(tiny_llama, tmp_path):
     fresh = copy.deepcopy(tiny_llama)
     model = add_loramoe(tiny_llama, num_experts=4, rank=2)
     path = tmp_path / "adapter.safetensors"
-    save_loramoe(model, path)
+    save_adapter_file(model, path)
     with pytest.raises(ValueError, match="other settings"):
-        load_loramoe(add_loramoe(fresh, num_experts=6, rank=2), path)
+        load_adapter_file(add_loramoe(fresh, num_experts=6, rank=2), path)
     with pytest.raises(FileNotFoundError, match="no adapter file"):
-        load_loramoe(model, tmp_path / "missing.safetensors")
+        load_adapter_file(model, tmp_path / "missing.safetensors")
 
 
 def test_bad_inputs(tiny_llama):

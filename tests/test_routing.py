@@ -4,7 +4,7 @@ import torch
 from datasets import Dataset
 
 from minimal_loramoe import add_loramoe
-from minimal_loramoe.routing import expert_weights, force_group, group_weight, mean_gates
+from minimal_loramoe.routing import force_group, group_weight, mean_gates, mean_gates_by_type
 
 
 DATA = Dataset.from_dict({"prompt": ["Q : What is the capital of Poba ? A :", "### Instruction : What is a doubled ?",
@@ -13,14 +13,14 @@ DATA = Dataset.from_dict({"prompt": ["Q : What is the capital of Poba ? A :", "#
 
 
 def test_expert_weights_are_mean_gates_per_type_that_sum_to_one(random_moe, world_tok):
-    names, W = expert_weights(random_moe, world_tok, DATA, batch_size=2)
+    names, W = mean_gates_by_type(random_moe, world_tok, DATA, batch_size=2)
     assert W.shape == (len(names), 2, 4) and len(names) == 6  # 2 decoder layers x gate/up/down
     assert torch.allclose(W.sum(-1), torch.ones(len(names), 2), atol=1e-5)
 
 
 def test_mean_gates_average_the_two_types_by_their_tokens(random_moe, world_tok):
     gates = mean_gates(random_moe, world_tok, DATA)
-    names, W = expert_weights(random_moe, world_tok, DATA)
+    names, W = mean_gates_by_type(random_moe, world_tok, DATA)
     assert list(gates) == names
     for g, w in zip(gates.values(), W):
         assert g.shape == (4,) and torch.allclose(g.sum(), torch.tensor(1.0), atol=1e-5)
@@ -30,7 +30,7 @@ def test_mean_gates_average_the_two_types_by_their_tokens(random_moe, world_tok)
 
 def test_group_weight_is_the_knowledge_groups_share(random_moe, world_tok):
     shares = group_weight(random_moe, world_tok, DATA)
-    _, W = expert_weights(random_moe, world_tok, DATA)
+    _, W = mean_gates_by_type(random_moe, world_tok, DATA)
     assert shares["knowledge_samples"] == pytest.approx(W[:, 1, :2].sum(-1).mean().item(), abs=1e-6)
     assert shares["task_samples"] == pytest.approx(W[:, 0, :2].sum(-1).mean().item(), abs=1e-6)
 

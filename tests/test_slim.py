@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from minimal_loramoe import LoRAMoELinear, add_loramoe, adapter_layers, load_loramoe, save_loramoe
+from minimal_loramoe import LoRAMoELinear, add_loramoe, adapter_layers, load_adapter_file, save_adapter_file
 from minimal_loramoe.balance import corrected_localized_balance_loss, model_balance_loss
 from minimal_loramoe.finetune import FinetuneConfig, finetune, weight_change
 from minimal_loramoe.methods import SLIM_METHODS
@@ -197,9 +197,9 @@ def test_save_load_roundtrip_with_clusters_is_bitwise(tiny_llama, tmp_path):
     for m in adapter_layers(model).values():
         nn.init.normal_(m.lora_B)
     path = tmp_path / "slim.safetensors"
-    save_loramoe(model, path)
+    save_adapter_file(model, path)
     other = add_loramoe(copy.deepcopy(fresh), **settings).eval()
-    load_loramoe(other, path)
+    load_adapter_file(other, path)
     assert torch.equal(other(ids).logits, model(ids).logits)
     sd = other.state_dict()
     assert any(k.endswith("clusters.centres") for k in sd)
@@ -207,7 +207,7 @@ def test_save_load_roundtrip_with_clusters_is_bitwise(tiny_llama, tmp_path):
         assert torch.equal(sd[k], v), k
     for change in (dict(num_clusters=0), dict(top_k=None), dict(yield_scale=1.0)):
         with pytest.raises(ValueError, match="other settings"):
-            load_loramoe(add_loramoe(copy.deepcopy(fresh), **{**settings, **change}), path)
+            load_adapter_file(add_loramoe(copy.deepcopy(fresh), **{**settings, **change}), path)
 
 
 @pytest.fixture(scope="module")

@@ -170,7 +170,7 @@ def test_router_weights_are_the_routing_statistics_of_the_chat_prompts(smollm2):
         if hasattr(layer, "router"):
             torch.nn.init.normal_(layer.router.weight, std=0.5)
     qs = ["What is the capital of France?", "Hi?", "Reverse the order of these words: cat dog"]
-    w = smollm.router_weights(moe, tok, qs, batch_size=2)
+    w = smollm.prompt_mean_gates(moe, tok, qs, batch_size=2)
     assert w.shape == (3 * moe.config.num_hidden_layers, 4) and torch.allclose(w.sum(-1), torch.ones(len(w)))
     assert not torch.allclose(w, torch.full_like(w, 0.25))
     # by hand: the mean gate over the real (unpadded) tokens of the left-padded chat prompts

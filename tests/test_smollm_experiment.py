@@ -121,7 +121,7 @@ def test_gated_lora_is_an_experiment_method(tiny_llama):
     assert config.method == "gated_lora" and smollm._method_of(model) == "gated_lora"
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".mlp." in n for n in trainable)
-    assert "gated_lora" in experiment.CODES_LR_GRID and "gated_lora" not in experiment.LR_GRID
+    assert "gated_lora" in experiment.CODES_LR_GRID and "gated_lora" not in experiment.REVERSAL_LR_GRID
     assert all(len(rates) >= 3 for rates in experiment.CODES_LR_GRID.values())
 
 

@@ -27,7 +27,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from minimal_loramoe import (AdapterConfig, TARGET_MODULES, adapter_layers, add_lora, add_loramoe, load_adapter,
-                             load_loramoe, save_adapter, save_loramoe, train)
+                             load_adapter_file, save_adapter, save_adapter_file, train)
 from minimal_loramoe.checkpoint import CHECKPOINT_FILE, read_checkpoint
 from minimal_loramoe.finetune import FinetuneConfig, TrainingStopped, prepare_model, sft_loop
 from minimal_loramoe.inject import find_targets
@@ -408,9 +408,9 @@ def test_a_shape_mismatch_part_way_leaves_the_model_untouched(tiny_llama, tmp_pa
     with pytest.raises(ValueError, match="adapter_model.safetensors'.*has shape"):
         load_adapter(tmp_path / "a", fresh)
     assert not adapter_layers(fresh) and all(torch.equal(v, state[k]) for k, v in fresh.state_dict().items())
-    # the single file of save_loramoe: the same check first, the adapters untouched
+    # the single file of save_adapter_file: the same check first, the adapters untouched
     target = add_loramoe(copy.deepcopy(tiny_llama), num_experts=2, rank=2)
-    save_loramoe(model, tmp_path / "one.safetensors")
+    save_adapter_file(model, tmp_path / "one.safetensors")
     single = load_file(tmp_path / "one.safetensors")
     with safe_open(str(tmp_path / "one.safetensors"), "pt") as f:
         meta = f.metadata()
@@ -419,7 +419,7 @@ def test_a_shape_mismatch_part_way_leaves_the_model_untouched(tiny_llama, tmp_pa
     save_file(single, tmp_path / "one.safetensors", metadata=meta)
     before = {k: v.clone() for k, v in target.state_dict().items()}
     with pytest.raises(ValueError, match="has shape"):
-        load_loramoe(target, tmp_path / "one.safetensors")
+        load_adapter_file(target, tmp_path / "one.safetensors")
     assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
 
 
@@ -483,23 +483,23 @@ def test_dropout_does_not_block_a_load(make_model, sft_file, tmp_path, tiny_llam
     load_adapter(out, model)
     import copy
     a = add_loramoe(copy.deepcopy(tiny_llama), num_experts=2, rank=2, dropout=0.1)
-    save_loramoe(a, tmp_path / "a.safetensors")
-    load_loramoe(add_loramoe(copy.deepcopy(tiny_llama), num_experts=2, rank=2, dropout=0.0), tmp_path / "a.safetensors")
+    save_adapter_file(a, tmp_path / "a.safetensors")
+    load_adapter_file(add_loramoe(copy.deepcopy(tiny_llama), num_experts=2, rank=2, dropout=0.0), tmp_path / "a.safetensors")
 
 
 def test_files_of_earlier_versions_still_load(tiny_llama, tmp_path):
-    """A save_loramoe file with the settings as they were stored before AdapterConfig (adapter, rank, alpha,
+    """A save_adapter_file file with the settings as they were stored before AdapterConfig (adapter, rank, alpha,
     dropout) loads; SLIM's buffers round-trip through an adapter folder."""
     import copy
     model = add_loramoe(copy.deepcopy(tiny_llama), num_experts=2, rank=2, num_identity_experts=2, num_clusters=3)
     model.train()(torch.randint(0, 64, (2, 9)))  # one sliding step: the clusters move
     path = tmp_path / "old.safetensors"
-    save_loramoe(model, path)
+    save_adapter_file(model, path)
     old = {"adapter": "loramoe", "target_modules": ["gate_proj", "up_proj", "down_proj"], "num_experts": 2,
            "rank": 2, "alpha": 32, "dropout": 0.05, "num_identity_experts": 2, "num_clusters": 3}
     save_file(load_file(path), path, metadata={"minimal_loramoe": json.dumps(old)})
     other = add_loramoe(copy.deepcopy(tiny_llama), num_experts=2, rank=2, num_identity_experts=2, num_clusters=3)
-    load_loramoe(other, path)
+    load_adapter_file(other, path)
     save_adapter(model, tmp_path / "folder")
     again = load_adapter(tmp_path / "folder", copy.deepcopy(tiny_llama))
     for a, b in ((model, other), (model, again)):

@@ -12,7 +12,7 @@ import torch
 
 from ..inject import adapter_layers
 from .report import color_of
-from ..routing import expert_weights
+from ..routing import mean_gates_by_type
 
 
 def short_name(name: str) -> str:
@@ -146,7 +146,7 @@ def group_share_by_task(model, tokenizer, dataset, tasks) -> list:
     shares = []
     for task in tasks:
         subset = dataset.select([i for i, t in enumerate(dataset["task"]) if t == task])
-        _, W = expert_weights(model, tokenizer, subset)  # (layers, 2 types, E); only this task's type is filled
+        _, W = mean_gates_by_type(model, tokenizer, subset)  # (layers, 2 types, E); only this task's type is filled
         shares.append(W[:, 1 if task == "knowledge" else 0, :W.shape[-1] // 2].sum(-1).mean().item())
     return shares
 

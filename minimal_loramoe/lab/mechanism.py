@@ -22,7 +22,7 @@ import torch
 from .evaluate import answer_accuracy
 from ..sft import encode_examples
 from ..finetune import FinetuneConfig, prepare_model
-from ..inject import adapter_layers, load_loramoe
+from ..inject import adapter_layers, load_adapter_file
 from ..loramoe import LoRAMoELinear
 from ..lora import GatedLoRALinear
 from .model import load_pretrained
@@ -41,7 +41,7 @@ def load_stored(base, mix: str, method: str, lr: float, seed: int, root=RUNS_DIR
         raise FileNotFoundError(f"no kept adapters at {str(path)!r}: run `python -m minimal_loramoe.lab.fronts run "
                                 f"... --keep-adapters` for this point first")
     model = prepare_model(base, FinetuneConfig(method=method, lr=lr, seed=seed))
-    return load_loramoe(model, path).eval()
+    return load_adapter_file(model, path).eval()
 
 
 @torch.no_grad()

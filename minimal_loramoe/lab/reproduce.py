@@ -120,7 +120,7 @@ def one_run(method, seed, lr, sizes, n_per_task=100, checkpoint=None, device=Non
             config_overrides=None, mix="easy", adapter_path=None, new_content_fraction=None):
     """Fine-tune one (method, seed) and return its evaluations ``{size: metrics}`` (runs in a worker process too).
 
-    ``adapter_path``: also write the trained adapters there (``inject.save_loramoe``; not for full fine-tuning).
+    ``adapter_path``: also write the trained adapters there (``inject.save_adapter_file``; not for full fine-tuning).
     ``new_content_fraction``: the cipher mix's share of new-content rows (None: ``world.sft_dataset``'s default,
     the mix the run store holds)."""
     if threads:
@@ -141,8 +141,8 @@ def one_run(method, seed, lr, sizes, n_per_task=100, checkpoint=None, device=Non
             final["router_group_weight"] = group_weight(model, tokenizer, routing_set(world, n_per_task))
     final["seconds"] = round(time.time() - t0, 1)
     if adapter_path is not None:
-        from ..inject import save_loramoe
-        save_loramoe(model, adapter_path)
+        from ..inject import save_adapter_file
+        save_adapter_file(model, adapter_path)
     return evals
 
 

@@ -6,7 +6,7 @@ fine-tuned on (the typed SFT mixes and their tasks). It runs no experiment: chap
 grids, results files, the command) is :mod:`minimal_loramoe.lab.smollm_experiment`, built on what is here. The
 generic parts come from the method floor and are not written again: the chat rendering and batch encoder from
 :mod:`minimal_loramoe.train` (``render_chat``, ``chat_encoder``), the gate statistics from
-:mod:`minimal_loramoe.routing` (``expert_weights``), the one SFT loop from :mod:`minimal_loramoe.finetune`.
+:mod:`minimal_loramoe.routing` (``mean_gates_by_type``), the one SFT loop from :mod:`minimal_loramoe.finetune`.
 
 SmolLM2 (Allal et al., 2025; HuggingFaceTB, Apache-2.0) is a ``LlamaForCausalLM`` with 134.5 M parameters
 (hidden 576, 30 layers, FFN 1536, 9 query / 3 key-value heads, vocabulary 49,152, tied embeddings) trained to
@@ -54,7 +54,7 @@ from . import resources
 from ..finetune import FinetuneConfig, sft_loop
 from ..inject import CONFIG_ATTR
 from ..methods import method_of_adapter
-from ..routing import expert_weights
+from ..routing import mean_gates_by_type
 from ..train import chat_encoder, render_chat
 
 HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -474,18 +474,18 @@ def _prompt_batch(tokenizer, prompts, answers) -> dict:
                      add_special_tokens=False)  # the chat template already wrote the special tokens
 
 
-def router_weights(model, tokenizer, questions: list[str], batch_size: int = 32) -> torch.Tensor:
+def prompt_mean_gates(model, tokenizer, questions: list[str], batch_size: int = 32) -> torch.Tensor:
     """Mean LoRAMoE gate weight of every expert, per LoRAMoE layer, over the real tokens of chat prompts.
 
     Returns a tensor (num_loramoe_layers, E) in model order (layer 0 gate/up/down, layer 1 ...); each row sums to 1.
-    The statistics are :func:`minimal_loramoe.routing.expert_weights` (every question one sample of type 0), on
+    The statistics are :func:`minimal_loramoe.routing.mean_gates_by_type` (every question one sample of type 0), on
     batches of the chat prompts alone, as the model sees them before it answers.
     """
     from datasets import Dataset
 
     questions = list(questions)
     rows = Dataset.from_dict({"prompt": questions, "answer": [""] * len(questions), "type": [0] * len(questions)})
-    _, weights = expert_weights(model, tokenizer, rows, batch_size, encode=_prompt_batch)  # (L, 2, E + I)
+    _, weights = mean_gates_by_type(model, tokenizer, rows, batch_size, encode=_prompt_batch)  # (L, 2, E + I)
     return weights[:, 0]
 
 

@@ -22,16 +22,16 @@ Both write ``runs/smollm2.json`` by default; ``--store`` writes the committed
    tokenizer)`` offline (the tokenizer padding on the left, for batched generation); its chat rendering,
    ``chat_prompt`` = ``train.render_chat`` with the model's system message, and its batch encoder
    ``encode_chat`` = ``train.chat_encoder(system)`` (check that ``tokenizer.eos_token`` ends a turn); greedy
-   ``generate_answers`` and the scoring (``evaluate_knowledge``, ``evaluate_task``); ``router_weights`` on
-   ``routing.expert_weights``; and the data it is probed and fine-tuned with. For a chat model the probe, the
+   ``generate_answers`` and the scoring (``evaluate_knowledge``, ``evaluate_task``); ``prompt_mean_gates`` on
+   ``routing.mean_gates_by_type``; and the data it is probed and fine-tuned with. For a chat model the probe, the
    tasks and the mixes of :mod:`minimal_loramoe.lab.smollm` can be imported as they are (they are text); only facts
    the new model knows make a fair probe, so check which probe questions its base model answers.
 2. ``<model>_experiment.py``, the experiment (this module): the recipes and grids for the model's scale
-   (``RECIPE``, ``LR_GRID``; full fine-tuning of a larger model needs lower rates), ``prepare`` (what stays
+   (``RECIPE``, ``REVERSAL_LR_GRID``; full fine-tuning of a larger model needs lower rates), ``prepare`` (what stays
    frozen), ``run_point``, ``run_experiment`` (the resumable loop over points, with the new model's loader),
    the results file names (``RESULTS_FILE``, under ``resources.RESULTS_DIR``) and ``main``. The rest of this
    module reads results files, not a model -- ``merge_results``, ``results_table``, ``grid_points``, ``curve``,
-   the tables and the plots -- so a new experiment imports those from here and writes only what differs. A method of ``methods.TABLE`` runs here once it is in ``LR_GRID`` (which sets ``RUN_METHODS``).
+   the tables and the plots -- so a new experiment imports those from here and writes only what differs. A method of ``methods.TABLE`` runs here once it is in ``REVERSAL_LR_GRID`` (which sets ``RUN_METHODS``).
 """
 import argparse
 import json
@@ -46,15 +46,15 @@ from . import fronts, resources
 from ..finetune import FinetuneConfig, prepare_model, sft_loop
 from ..methods import get_method
 from .smollm import (CODE_PARAPHRASE, SFT_MIXES, chat_dataset, codes_mix, codes_task, data_file, encode_chat,
-                     evaluate_knowledge, evaluate_task, load_probe, load_registry, load_smollm2, router_weights,
+                     evaluate_knowledge, evaluate_task, load_probe, load_registry, load_smollm2, prompt_mean_gates,
                      sft_mix, task_test_set)
 from ..utils import set_seed
 
 RESULTS_FILE = resources.RESULTS_DIR / "smollm2.json"
 # A small grid per method, bracketing the usual rates: full fine-tuning moves every weight and needs rates ~10x
 # smaller than the adapters (chapter 8's fronts bracket the tiny model the same way).
-LR_GRID = {"full_ft": (1e-5, 3e-5, 1e-4), "lora": (2e-4, 1e-3), "loramoe": (2e-4, 1e-3)}
-EXPERIMENT_METHODS = tuple(LR_GRID)
+REVERSAL_LR_GRID = {"full_ft": (1e-5, 3e-5, 1e-4), "lora": (2e-4, 1e-3), "loramoe": (2e-4, 1e-3)}
+EXPERIMENT_METHODS = tuple(REVERSAL_LR_GRID)
 # What every point of one results file shares. LoRA gets rank E*r = 24, as many adapter weights as the experts;
 # loramoe is LoRAMoE with the corrected localized balancing constraint (methods.TABLE).
 RECIPE = dict(batch_size=8, knowledge_fraction=0.5, warmup_steps=10, schedule="constant", n_test=100,
@@ -74,7 +74,7 @@ CODES_LR_GRID = {"full_ft": (1e-5, 3e-5, 1e-4), "lora": (3e-4, 1e-3, 3e-3), "lor
                  "gated_lora": (3e-4, 1e-3, 3e-3)}
 RECIPES = {"reversal": RECIPE, "codes": CODES_RECIPE}
 RESULTS_FILES = {"reversal": RESULTS_FILE, "codes": CODES_RESULTS_FILE}
-LR_GRIDS = {"reversal": LR_GRID, "codes": CODES_LR_GRID}
+LR_GRIDS = {"reversal": REVERSAL_LR_GRID, "codes": CODES_LR_GRID}
 # What each mix measures of its type-0 task (one accuracy per name, in every evaluation and point).
 MEASURES = {"reversal": ("task_accuracy",), "codes": ("new_content", "new_content_paraphrase")}
 
@@ -158,7 +158,8 @@ def run_point(base, tokenizer, method: str, lr: float, seed: int, steps: int, kn
     last = evals[steps]
     if method == "loramoe":  # how much gate weight the knowledge group (experts < E/2) gets, per kind of prompt
         half = r["num_experts"] // 2
-        last["knowledge_group"] = {kind: round(router_weights(model, tokenizer, qs)[:, :half].sum(-1).mean().item(), 4)
+        last["knowledge_group"] = {kind: round(prompt_mean_gates(model, tokenizer, qs)[:, :half].sum(-1).mean().item(),
+                                               4)
                                    for kind, qs in (("knowledge", [p["question"] for p in known]),
                                                     ("task", [s["question"] for s in tests]))}
     point = {"method": method, "lr": lr, "seed": seed, "steps": steps, "n_known": len(known),

@@ -20,8 +20,8 @@ from . import resources
 from ..methods import SHARES_LR_OF, TUNED_METHODS
 from .reproduce import SCALES, TUNED_LR_FILE, run_experiment
 
-LR_GRID = (2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
-# rates below LR_GRID where a method's choice would otherwise be the grid's smallest rate (a grid must bracket it)
+RATES = (2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
+# rates below RATES where a method's choice would otherwise be the grid's smallest rate (a grid must bracket it)
 GRID_BELOW = {"full_ft": (2e-5, 5e-5, 1e-4)}
 # Which methods are tuned and which share another's learning rate is in the table of methods (Method.tuned,
 # Method.lr_of): the two balancing-loss ablations share the recommended LoRAMoE's, so that they differ from it in
@@ -43,7 +43,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="python -m minimal_loramoe.lab.tune")
     p.add_argument("--methods", nargs="+", choices=TUNED_METHODS, default=list(TUNED_METHODS))
     p.add_argument("--grid", nargs="+", type=float,
-                   help="learning rates (default: LR_GRID, plus GRID_BELOW for the methods that need lower ones)")
+                   help="learning rates (default: RATES, plus GRID_BELOW for the methods that need lower ones)")
     p.add_argument("--seeds", nargs="+", type=int, default=list(TUNING_SEEDS))
     p.add_argument("--out", help="results file (default: runs/tuned_lr.json; grid points in it are kept)")
     p.add_argument("--store", action="store_true", help=resources.STORE_HELP)
@@ -62,7 +62,7 @@ def main(argv=None):
     t0 = time.time()
     for method in args.methods:
         table[method] = {float(lr): (v["knowledge"], v["downstream"]) for lr, v in old["grid"].get(method, {}).items()}
-        for lr in args.grid or sorted(GRID_BELOW.get(method, ()) + LR_GRID):
+        for lr in args.grid or sorted(GRID_BELOW.get(method, ()) + RATES):
             if lr in table[method]:
                 continue
             raw = run_experiment([size], args.seeds, [method], {method: lr}, n_per_task, progress=False)
