@@ -18,6 +18,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..utils import atomic_write_text
 from .resources import RUNS_DIR
 
 _NAME = re.compile(r"lr(?P<lr>.+)-seed(?P<seed>-?\d+)")
@@ -76,17 +77,19 @@ def load(key: RunKey, sizes=None, root=RUNS_DIR, n_per_task: int = 100) -> dict 
 
 
 def save(key: RunKey, run: dict, root=RUNS_DIR) -> Path:
-    """Write ``run`` as the run ``key`` of the store (the folders are made); returns its path."""
+    """Write ``run`` as the run ``key`` of the store, atomically (the folders are made; a killed process never
+    leaves a half-written run for :func:`read` to trip on); returns its path."""
     path = key.path(root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(run, indent=1))
+    atomic_write_text(path, json.dumps(run, indent=1))
     return path
 
 
 def keys(root=RUNS_DIR, mix: str | None = None, method: str | None = None) -> list[RunKey]:
-    """Every run stored under ``root`` (of one mix and method if given), sorted by path."""
+    """Every run stored under ``root`` (of one mix and method if given), sorted by path; the hidden temporary file
+    of a :func:`save` in progress is not a run."""
     pattern = f"{mix or '*'}/{method or '*'}/*.json"
-    return [RunKey.from_path(p, root) for p in sorted(Path(root).glob(pattern))]
+    return [RunKey.from_path(p, root) for p in sorted(Path(root).glob(pattern)) if not p.name.startswith(".")]
 
 
 def process_pool(workers: int) -> ProcessPoolExecutor:
