@@ -44,6 +44,18 @@ def test_collect_averages_seeds_in_the_documented_schema(store):
     assert fronts.collect("easy", root=store, sizes=SIZES)["tradeoff"] == {}
 
 
+def test_seed_mean_point_is_the_mean_the_sample_std_and_the_seeds():
+    def run(seed, k):
+        return {"seed": seed, "evals": {"10": {"knowledge": k / 2, "downstream": 1.0},
+                                        "20": {"knowledge": k, "downstream": 1.0}}}
+    p = fronts.seed_mean_point([run(2, 0.6), run(0, 0.8), run(1, 0.7)], [10, 20])
+    assert p["seeds"] == [0, 1, 2] and p["per_seed"]["knowledge"] == [0.8, 0.7, 0.6]
+    assert p["knowledge"] == pytest.approx(0.7) and p["knowledge_std"] == pytest.approx(0.1)  # ddof = 1
+    assert p["curve"]["knowledge"] == pytest.approx([0.35, 0.7]) and p["downstream_std"] == 0.0
+    assert "new_content" not in p  # only the metrics the runs have
+    assert fronts.seed_mean_point([run(0, 0.8)], [10, 20])["knowledge_std"] is None  # one seed: no spread
+
+
 def test_best_at_picks_the_most_knowledge_among_points_that_learned_enough():
     toy = {"mix": "cipher", "largest": 1, "tradeoff": {"lora": {
         "0.001": {"knowledge": 0.9, "new_content": 0.5}, "0.002": {"knowledge": 0.6, "new_content": 0.95},

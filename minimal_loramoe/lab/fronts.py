@@ -83,12 +83,14 @@ def collect(mix: str, root=RUNS_DIR, sizes=SFT_SIZES) -> dict:
         for r in (r for r in stored if largest in r["evals"]):
             by_lr.setdefault(r["lr"], []).append(r)
         for lr in sorted(by_lr):
-            out["tradeoff"].setdefault(method, {})[f"{lr:g}"] = _point(by_lr[lr], sizes)
+            out["tradeoff"].setdefault(method, {})[f"{lr:g}"] = seed_mean_point(by_lr[lr], sizes)
     return out
 
 
-def _point(runs, sizes) -> dict:
-    """One point of the fronts schema from the runs of one (method, lr) (``{"seed", "evals": {str(size): ...}}``)."""
+def seed_mean_point(runs, sizes) -> dict:
+    """One point of the fronts schema (mean over seeds, sample std with ddof = 1, per-seed values and the mean
+    curve over ``sizes``) from the runs of one (method, lr), each ``{"seed": int, "evals": {str(size): {metric:
+    value}}}``; the metrics are those of ``METRICS`` present at the largest size."""
     rs = sorted(runs, key=lambda r: r["seed"])
     largest = str(max(sizes))
     point = {"seeds": [r["seed"] for r in rs], "per_seed": {}, "curve": {}}
@@ -133,7 +135,7 @@ def live_fronts(points, size: int, new_content_fraction: float, seed: int = 0, w
 
     def report(method, lr, evals):
         run = {"seed": seed, "evals": {str(n): {k: v for k, v in e.items() if k in METRICS} for n, e in evals.items()}}
-        out["tradeoff"].setdefault(method, {})[f"{lr:g}"] = _point([run], sizes)
+        out["tradeoff"].setdefault(method, {})[f"{lr:g}"] = seed_mean_point([run], sizes)
         bar.update()
 
     if workers == 1 or gpu:

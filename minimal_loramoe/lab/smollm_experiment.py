@@ -333,7 +333,7 @@ def as_fronts(results: dict, steps: int) -> dict:
     for method, lr in sorted(by_point, key=lambda k: (RUN_METHODS.index(k[0]), k[1])):
         runs = by_point[(method, lr)]
         shared = sorted(set.intersection(*({int(n) for n in r["evals"]} for r in runs)))
-        out["tradeoff"].setdefault(method, {})[f"{lr:g}"] = fronts._point(runs, shared)
+        out["tradeoff"].setdefault(method, {})[f"{lr:g}"] = fronts.seed_mean_point(runs, shared)
     return out
 
 
