@@ -231,6 +231,39 @@ def test_plots_draw_every_run_in_its_method_colour():
     plt.close(fig)
 
 
+def _fake_codes_results():
+    """A codes-mix results file: what is learned is new-content accuracy (and its paraphrase variant)."""
+    def point(method, lr, evals):
+        return {"method": method, "lr": lr, "seed": 0, "steps": 4, "n_known": 10,
+                "evals": {str(s): {"knowledge_kept": k, "new_content": n, "new_content_paraphrase": n / 2}
+                          for s, (k, n) in evals.items()}}
+    return {"recipe": {"batch_size": 8, "mix": "codes"},
+            "base": {"known": list(range(10)), "new_content": 0.0, "new_content_paraphrase": 0.0},
+            "points": [point("gated_lora", 1e-3, {2: (7, 0.3), 4: (6, 0.95)}),
+                       point("full_ft", 3e-5, {2: (5, 0.5), 4: (3, 1.0)})]}
+
+
+def test_the_codes_mix_figures_and_table_show_new_content_not_task_accuracy():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    res = _fake_codes_results()
+    assert experiment.learned_measure(res) == "new_content" and experiment.learned_measure(_fake_results()) == \
+        "task_accuracy"
+    lines = experiment.curves_table(res, 4).splitlines()
+    assert [ln.split()[0] for ln in lines[1:]] == ["full_ft", "gated_lora"] and "0.95" in lines[2]
+    fig = experiment.plot_grid(res, 4)
+    assert fig.axes[0].get_xlabel() == experiment.MEASURE_LABELS["new_content"]
+    plt.close(fig)
+    fig = experiment.plot_curves(res, 4, {"gated_lora": 1e-3})
+    ax2 = fig.axes[1]
+    assert ax2.get_title() == "the new content"
+    assert [0.0, 0.3, 0.95] in [ln.get_ydata().tolist() for ln in ax2.lines]  # from the base model's 0.0
+    plt.close(fig)
+    f = experiment.as_fronts(res, 4)
+    assert f["mix"] == "smollm2_codes" and f["tradeoff"]["full_ft"]["3e-05"]["new_content"] == 1.0
+
+
 def test_as_fronts_applies_the_books_rule_to_a_results_file():
     from minimal_loramoe.lab import fronts
     res = _fake_results()

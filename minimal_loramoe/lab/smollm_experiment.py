@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from . import fronts, resources
+from .report import LEARNED
 from ..finetune import FinetuneConfig, prepare_model, sft_loop
 from ..methods import get_method
 from .smollm import (CODE_PARAPHRASE, SFT_MIXES, chat_dataset, codes_mix, codes_task, data_file, encode_chat,
@@ -288,6 +289,15 @@ def results_table(results: dict) -> str:
 
 METHOD_LABELS = {"full_ft": "full fine-tuning", "lora": "LoRA (rank 24)",
                  "loramoe": "LoRAMoE (6 x rank 4) + corrected LBC", "gated_lora": "gated LoRA"}
+# The accuracy each mix's figures and tables put beside the knowledge kept (the first of ``MEASURES[mix]``).
+MEASURE_LABELS = {"task_accuracy": "word reversal accuracy (test prompts)",
+                  "new_content": "new-content accuracy (codes, training question)"}
+
+
+def learned_measure(results: dict) -> str:
+    """What the runs of a results file learn, as the key of an evaluation: ``"task_accuracy"`` (reversal mix) or
+    ``"new_content"`` (codes mix)."""
+    return MEASURES[mix_of(results["recipe"])][0]
 
 
 def grid_points(results: dict, steps: int, seed: int = 0) -> dict:
@@ -321,7 +331,7 @@ def as_fronts(results: dict, steps: int) -> dict:
     ``new_content`` = the new-content accuracy of the codes mix. A point's curve covers the evaluations all its
     seeds share."""
     mix, bs = mix_of(results["recipe"]), results["recipe"]["batch_size"]
-    measure, learned = {"reversal": ("task_accuracy", "downstream"), "codes": ("new_content", "new_content")}[mix]
+    measure, learned = learned_measure(results), LEARNED[f"smollm2_{mix}"]
     by_point = {}
     for p in results["points"]:
         if p["steps"] == steps:
@@ -345,11 +355,12 @@ def _runs_of(results: dict, steps: int) -> list[tuple]:
 
 def curves_table(results: dict, steps: int) -> str:
     """Text table of the runs of ``steps`` steps, one line per ``(method, lr)``: at each evaluation, the facts
-    kept (mean over seeds, then each seed's) and the mean task accuracy; the header counts samples seen."""
-    bs = results["recipe"]["batch_size"]
+    kept (mean over seeds, then each seed's) and the mean of what the mix learns (:func:`learned_measure`: task
+    accuracy or new-content accuracy); the header counts samples seen."""
+    bs, measure = results["recipe"]["batch_size"], learned_measure(results)
     lines = [f"{'method':<8} {'lr':>6}  " + "".join(f"{s * bs:>6,} samples{'':>12}" for s in eval_steps(results, steps))]
     for m, lr in _runs_of(results, steps):
-        k, t = curve(results, m, lr, "knowledge_kept", steps), curve(results, m, lr, "task_accuracy", steps)
+        k, t = curve(results, m, lr, "knowledge_kept", steps), curve(results, m, lr, measure, steps)
         lines.append(f"{m:<8} {lr:>6.0e}  " + "".join(
             f"{k[:, j].mean():5.1f} ({'/'.join(f'{v:.0f}' for v in k[:, j]):<5}) {t[:, j].mean():4.2f}   "
             for j in range(k.shape[1])))
@@ -357,26 +368,28 @@ def curves_table(results: dict, steps: int) -> str:
 
 
 def plot_grid(results: dict, steps: int, seed: int = 0):
-    """Figure of a learning-rate grid: for each ``(method, lr)`` run of ``steps`` steps with ``seed``, task
-    accuracy (x) against the share of the known facts kept (y) after the last step, labelled with the rate, with an
-    arrow from the run's first evaluation. Colours from ``report.color_of``. Returns the matplotlib figure."""
+    """Figure of a learning-rate grid: for each ``(method, lr)`` run of ``steps`` steps with ``seed``, what the mix
+    learns (x, :func:`learned_measure`) against the share of the known facts kept (y) after the last step, labelled
+    with the rate, with an arrow from the run's first evaluation. Colours from ``report.color_of``. Returns the
+    matplotlib figure."""
     import matplotlib.pyplot as plt
     from .report import color_of
     grid, n_known = grid_points(results, steps, seed), len(results["base"]["known"])
+    measure = learned_measure(results)
     first = str(eval_steps(results, steps)[0])
     fig, ax = plt.subplots(figsize=(7, 4.2), facecolor="white")
     labelled = set()
     for (method, lr), p in sorted(grid.items()):
         a, b = p["evals"][first], p["evals"][str(steps)]
-        xy = (b["task_accuracy"], b["knowledge_kept"] / n_known)
-        ax.annotate("", xy=xy, xytext=(a["task_accuracy"], a["knowledge_kept"] / n_known),
+        xy = (b[measure], b["knowledge_kept"] / n_known)
+        ax.annotate("", xy=xy, xytext=(a[measure], a["knowledge_kept"] / n_known),
                     arrowprops=dict(arrowstyle="->", color=color_of(method), lw=1, alpha=0.6))
         ax.scatter(*xy, color=color_of(method), s=40, zorder=3,
                    label=None if method in labelled else METHOD_LABELS.get(method, method))
         labelled.add(method)
         ax.annotate(f"{lr:.0e}", xy, fontsize=8, xytext=(4, 4), textcoords="offset points")
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    ax.set(xlabel="word reversal accuracy (test prompts)", ylabel=f"knowledge kept (of {n_known} known facts)",
+    ax.set(xlabel=MEASURE_LABELS[measure], ylabel=f"knowledge kept (of {n_known} known facts)",
            xlim=(-0.03, 1.03), ylim=(0, 1.05), title=f"SmolLM2-135M, after {first} (arrow tail) and {steps} steps")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
@@ -385,17 +398,18 @@ def plot_grid(results: dict, steps: int, seed: int = 0):
 
 def plot_curves(results: dict, steps: int, main_lrs: dict):
     """Figure of the runs of ``steps`` steps against samples seen (0: the base model): left the share of the known
-    facts kept, right task accuracy. At ``main_lrs[method]`` one thin line per seed and a thick mean; at any other
-    rate a dashed mean. Colours from ``report.color_of``. Returns the matplotlib figure."""
+    facts kept, right what the mix learns (:func:`learned_measure`). At ``main_lrs[method]`` one thin line per seed
+    and a thick mean; at any other rate a dashed mean. Colours from ``report.color_of``. Returns the figure."""
     import matplotlib.pyplot as plt
     from .report import color_of
     n_known, bs = len(results["base"]["known"]), results["recipe"]["batch_size"]
+    measure = learned_measure(results)
     x = [0] + [s * bs for s in eval_steps(results, steps)]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), facecolor="white")
     for m, lr in _runs_of(results, steps):
         main = lr == main_lrs.get(m)
         for ax, key, start, scale in ((ax1, "knowledge_kept", 1.0, n_known),
-                                      (ax2, "task_accuracy", results["base"]["task_accuracy"], 1)):
+                                      (ax2, measure, results["base"][measure], 1)):
             c = curve(results, m, lr, key, steps) / scale
             for row in c if main else ():
                 ax.plot(x, [start] + row.tolist(), color=color_of(m), lw=0.8, alpha=0.5, marker="o", ms=3)
@@ -404,8 +418,8 @@ def plot_curves(results: dict, steps: int, main_lrs: dict):
                     + ("" if main else f" ({len(c)} seed{'s' if len(c) > 1 else ''})"))
     ax1.set(xlabel="fine-tuning samples seen", ylabel=f"knowledge kept (of {n_known} known facts)", ylim=(0, 1.05),
             title="world knowledge")
-    ax2.set(xlabel="fine-tuning samples seen", ylabel="word reversal accuracy (test prompts)", ylim=(-0.03, 1.03),
-            title="the new task")
+    ax2.set(xlabel="fine-tuning samples seen", ylabel=MEASURE_LABELS[measure], ylim=(-0.03, 1.03),
+            title={"task_accuracy": "the new task", "new_content": "the new content"}[measure])
     ax1.legend(loc="lower left", fontsize=7)
     fig.tight_layout()
     return fig
