@@ -247,6 +247,7 @@ def test_the_codes_mix_figures_and_table_show_new_content_not_task_accuracy():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from minimal_loramoe.lab.report import color_of
     res = _fake_codes_results()
     assert experiment.learned_measure(res) == "new_content" and experiment.learned_measure(_fake_results()) == \
         "task_accuracy"
@@ -260,6 +261,12 @@ def test_the_codes_mix_figures_and_table_show_new_content_not_task_accuracy():
     assert ax2.get_title() == "the new content"
     assert [0.0, 0.3, 0.95] in [ln.get_ydata().tolist() for ln in ax2.lines]  # from the base model's 0.0
     plt.close(fig)
+    ax = experiment.plot_paths(res, 4)
+    paths = {tuple(ln.get_color() for ln in ax.lines)}  # one path per run, in its method's colour
+    assert paths == {(color_of("full_ft"), color_of("gated_lora"))}
+    # from the base model (0.0 learned, all kept) through each evaluation
+    assert [ln.get_xydata().tolist() for ln in ax.lines][1] == [[0.0, 1.0], [0.3, 0.7], [0.95, 0.6]]
+    plt.close(ax.figure)
     f = experiment.as_fronts(res, 4)
     assert f["mix"] == "smollm2_codes" and f["tradeoff"]["full_ft"]["3e-05"]["new_content"] == 1.0
 

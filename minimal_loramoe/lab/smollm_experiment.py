@@ -425,6 +425,33 @@ def plot_curves(results: dict, steps: int, main_lrs: dict):
     return fig
 
 
+def plot_paths(results: dict, steps: int, ax=None):
+    """Each ``(method, lr)`` run of ``steps`` steps as a path through its evaluations (mean over seeds): what the mix
+    learns (x, :func:`learned_measure`) against the share of the known facts kept (y), from the base model (the
+    open circle) to the last step (labelled with the rate). A path that drops before it moves right forgets before
+    it learns. Colours from ``report.color_of``. Returns the axes."""
+    import matplotlib.pyplot as plt
+    from .report import color_of
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4.5), facecolor="white")
+    n_known, measure = len(results["base"]["known"]), learned_measure(results)
+    start = (results["base"][measure], 1.0)
+    labelled = set()
+    for m, lr in _runs_of(results, steps):
+        x = [start[0]] + curve(results, m, lr, measure, steps).mean(0).tolist()
+        y = [start[1]] + (curve(results, m, lr, "knowledge_kept", steps).mean(0) / n_known).tolist()
+        ax.plot(x, y, "-o", ms=3, lw=1.2, color=color_of(m), label=None if m in labelled else METHOD_LABELS.get(m, m))
+        labelled.add(m)
+        ax.annotate(f"{lr:.0e}", (x[-1], y[-1]), fontsize=7, xytext=(4, -9), textcoords="offset points",
+                    color=color_of(m))
+    ax.scatter(*start, s=60, facecolors="white", edgecolors="black", zorder=4, label="base model")
+    ax.set(xlabel=MEASURE_LABELS[measure], ylabel=f"knowledge kept (of {n_known} known facts)", xlim=(-0.03, 1.03),
+           ylim=(0, 1.05), title=f"SmolLM2-135M: every evaluation of the {steps}-step runs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    return ax
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m minimal_loramoe.lab.smollm_experiment",
                                 description="Chapter 10's experiment on SmolLM2-135M (writes JSON).")
