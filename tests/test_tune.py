@@ -39,6 +39,24 @@ def test_main_measures_only_what_is_missing_and_shares_rates(tmp_path, monkeypat
     assert calls[2:] == [("loramoe", 5e-3)]  # stored grid points are not measured again
 
 
+def test_workers_measure_the_missing_points_in_a_pool_one_thread_each(tmp_path, monkeypatch):
+    submitted = []
+
+    def fake_pool_results(calls, workers):  # in this process: monkeypatched functions do not reach spawned workers
+        assert workers == 2
+        for tag, fn, args, kwargs in calls:
+            submitted.append((tag, kwargs))
+            yield tag, (args[1] * 100, 1.0)  # knowledge grows with the rate, every rate learns the tasks
+
+    monkeypatch.setattr(tune, "pool_results", fake_pool_results)
+    out = tmp_path / "tuned.json"
+    tune.main(["--methods", "lora", "--grid", "1e-3", "2e-3", "--out", str(out), "--workers", "2"])
+    assert submitted == [(("lora", 1e-3), {"threads": 1}), (("lora", 2e-3), {"threads": 1})]
+    assert json.loads(out.read_text())["lr"]["lora"] == 2e-3
+    with pytest.raises(SystemExit):
+        tune.main(["--methods", "lora", "--out", str(out), "--workers", "0"])
+
+
 def test_only_tuned_methods_are_accepted():
     with pytest.raises(SystemExit):
         tune.main(["--methods", "slim"])
