@@ -125,7 +125,7 @@ def test_live_fronts_is_the_fronts_schema_of_runs_on_a_denser_cipher_mix():
     point = live["tradeoff"]["lora"]["0.001"]
     assert point["seeds"] == [0] and point["knowledge_std"] is None and 0 <= point["new_content"] <= 1
     # the same run as one_run on that mix
-    evals = reproduce.one_run("lora", 0, 1e-3, [128], mix="cipher", new_content_fraction=0.7)
+    evals = reproduce.one_run("lora", 1e-3, 0, [128], mix="cipher", new_content_fraction=0.7)
     assert point["knowledge"] == round(evals[128]["knowledge"], 4)
     world = reproduce.load_pretrained()[2]
     n_new = [sft_dataset(world, 1000, 0.2, 0, "cipher", f)["task"].count("cipher") for f in (0.3, 0.7)]

@@ -26,7 +26,7 @@ def record(rows: int = 128) -> dict:
     base, tok, world = model_mod.load_pretrained(reproduce.DEFAULT_CHECKPOINT, device="cpu")
     data = world_mod.sft_dataset(world, rows, knowledge_fraction=0.2, seed=0)
     for method, lr in (("full_ft", 2e-5), ("lora", 1e-3), ("loramoe", 1e-3)):
-        evals = reproduce.one_run(method, 0, lr, [rows // 2, rows], n_per_task=20, device="cpu")
+        evals = reproduce.one_run(method=method, lr=lr, seed=0, sizes=[rows // 2, rows], n_per_task=20, device="cpu")
         for e in evals.values():
             e.pop("seconds", None)
         _, hist = finetune(base, tok, data, FinetuneConfig(method=method, lr=lr, seed=0), device="cpu",

@@ -140,9 +140,9 @@ def live_fronts(points, size: int, new_content_fraction: float, seed: int = 0, w
 
     if workers == 1 or gpu:
         for method, lr in points:
-            report(method, lr, one_run(method, seed, lr, sizes, **kw))
+            report(method, lr, one_run(method, lr, seed, sizes, **kw))
     else:
-        calls = [((m, lr), one_run, (m, seed, lr, sizes), {"threads": 1, **kw}) for m, lr in points]
+        calls = [((m, lr), one_run, (m, lr, seed, sizes), {"threads": 1, **kw}) for m, lr in points]
         for (method, lr), evals in pool_results(calls, workers):  # in the order they end: sorted below
             report(method, lr, evals)
     bar.close()

@@ -116,9 +116,10 @@ def routing_set(world, n_per_task: int):
 DEFAULT_CHECKPOINT = resources.CHECKPOINT_DIR
 
 
-def one_run(method, seed, lr, sizes, n_per_task=100, checkpoint=None, device=None, progress=False, threads=None,
+def one_run(method, lr, seed, sizes, *, n_per_task=100, checkpoint=None, device=None, progress=False, threads=None,
             config_overrides=None, mix="easy", adapter_path=None, new_content_fraction=None):
-    """Fine-tune one (method, seed) and return its evaluations ``{size: metrics}`` (runs in a worker process too).
+    """Fine-tune one (method, lr, seed) -- a run key's order, :class:`runs.RunKey` -- on ``max(sizes)`` examples and
+    return its evaluations ``{size: metrics}`` after each of ``sizes`` (runs in a worker process too).
 
     ``adapter_path``: also write the trained adapters there (``inject.save_adapter_file``; not for full fine-tuning).
     ``new_content_fraction``: the cipher mix's share of new-content rows (None: ``world.sft_dataset``'s default,
@@ -177,7 +178,8 @@ def run_point(mix, method, lr, seed, sizes, threads=1, root=RUNS_DIR, n_per_task
     tmp = None if keep is None else keep.with_name(keep.stem + ".tmp.safetensors")
     if tmp is not None:
         tmp.parent.mkdir(parents=True, exist_ok=True)
-    evals = one_run(method, seed, lr, sorted(sizes), n_per_task, threads=threads, mix=mix, adapter_path=tmp)
+    evals = one_run(method, lr, seed, sorted(sizes), n_per_task=n_per_task, threads=threads, mix=mix,
+                    adapter_path=tmp)
     if keep is not None:
         fresh = json.loads(json.dumps({str(n): v for n, v in evals.items()}))
         drop = lambda ev: {n: {k: v for k, v in e.items() if k != "seconds"} for n, e in ev.items()}  # noqa: E731
@@ -194,9 +196,10 @@ def run_point(mix, method, lr, seed, sizes, threads=1, root=RUNS_DIR, n_per_task
     return run
 
 
-def _stored_run(method, seed, lr, sizes, n_per_task, checkpoint, device, progress, threads, config_overrides, mix,
-                root=RUNS_DIR):
-    """``one_run`` through the run store; a label of ``EXTRA_RUNS`` is stored under the method it runs."""
+def _stored_run(method, lr, seed, sizes, *, root=RUNS_DIR, n_per_task=100, threads=None, mix="easy", **defaults):
+    """``one_run`` through the run store; a label of ``EXTRA_RUNS`` is stored under the method it runs. The store
+    holds runs of the default checkpoint and settings only: ``defaults`` (one_run's other arguments) are ignored,
+    :func:`run_experiment` refuses a store with anything else."""
     run = run_point(mix, EXTRA_RUNS.get(method, (method,))[0], lr, seed, sizes, threads, root, n_per_task)
     return {int(n): v for n, v in run["evals"].items()}
 
@@ -232,16 +235,18 @@ def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, 
     sizes = sorted(sft_sizes)
     base, tokenizer, world = load_pretrained(checkpoint, device=device)
     out = {"pretrained": make_evaluator(tokenizer, world, n_per_task, mix)(base), "runs": {}}
-    jobs = [(m, s, lrs[m], sizes, n_per_task, checkpoint, device, progress, 1 if workers > 1 else None,
-             config_overrides, mix) for s in seeds for m in methods]
-    run = one_run
-    if store is not None:
-        run = partial(_stored_run, root=store)
+    keys = [(m, lrs[m], s) for s in seeds for m in methods]  # (method, lr, seed): a run key's order
+    # one_run's settings, the same for every run; in a pool one CPU thread each, and no inner progress bars
+    # (they would interleave: one bar over the finished runs instead)
+    settings = dict(n_per_task=n_per_task, checkpoint=checkpoint, device=device, progress=progress and workers == 1,
+                    threads=1 if workers > 1 else None, config_overrides=config_overrides, mix=mix)
+    run = one_run if store is None else partial(_stored_run, root=store)
     if only_stored:
-        jobs = [j for j in jobs if runs.load(RunKey(mix, EXTRA_RUNS.get(j[0], (j[0],))[0], j[2], j[1]), sizes, store,
-                                             n_per_task)]
-    def report(job, evals):
-        m, s, lr = job[:3]
+        keys = [(m, lr, s) for m, lr, s in keys
+                if runs.load(RunKey(mix, EXTRA_RUNS.get(m, (m,))[0], lr, s), sizes, store, n_per_task)]
+
+    def report(key, evals):
+        m, lr, s = key
         out["runs"].setdefault(m, {})[s] = evals
         f = evals[sizes[-1]]
         if progress:
@@ -249,13 +254,12 @@ def run_experiment(sft_sizes, seeds, methods, lrs: dict, n_per_task: int = 100, 
                        f"downstream {f['downstream']:.3f}  ({f['seconds']:.0f} s)")
 
     if workers == 1:
-        for job in jobs:
-            report(job, run(*job))
-    else:  # the inner progress bars would interleave: one bar over the finished runs instead
-        jobs = [job[:7] + (False,) + job[8:] for job in jobs]
-        done = pool_results([(job, run, job, {}) for job in jobs], workers)
-        for job, evals in tqdm(done, total=len(jobs), desc="fine-tuning runs", disable=not progress):
-            report(job, evals)
+        for key in keys:
+            report(key, run(*key, sizes, **settings))
+    else:
+        done = pool_results([(key, run, (*key, sizes), settings) for key in keys], workers)
+        for key, evals in tqdm(done, total=len(keys), desc="fine-tuning runs", disable=not progress):
+            report(key, evals)
     out["runs"] = {m: dict(sorted(out["runs"][m].items())) for m in methods if m in out["runs"]}  # fixed order
     return out
 
