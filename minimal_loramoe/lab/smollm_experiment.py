@@ -322,16 +322,22 @@ def curve(results: dict, method: str, lr: float, key: str, steps: int) -> torch.
                         dtype=torch.float64)
 
 
-def as_fronts(results: dict, steps: int) -> dict:
+def as_fronts(results: dict, steps: int, measure: str | None = None) -> dict:
     """The runs of ``steps`` steps in ``results`` in the tiny world's fronts schema (:mod:`fronts`), so that
     :func:`fronts.front_point`, :func:`fronts.compare` and :func:`fronts.plot_fronts` apply the book's one rule:
     ``{"mix": "smollm2_<mix>", "sft_sizes", "largest" (samples), "tradeoff": {method: {f"{lr:g}": point}}}``, one
     point per (method, lr) over its seeds, with ``knowledge`` the share of the known probe questions still answered
     and the mix's learning measure (``report.LEARNED``): ``downstream`` = the task accuracy of the reversal mix,
     ``new_content`` = the new-content accuracy of the codes mix. A point's curve covers the evaluations all its
-    seeds share."""
+    seeds share. ``measure``: another of the mix's ``MEASURES`` to read as what was learned (the codes mix:
+    ``"new_content_paraphrase"``, the codes asked with a question never trained on); default
+    :func:`learned_measure`."""
     mix, bs = mix_of(results["recipe"]), results["recipe"]["batch_size"]
-    measure, learned = learned_measure(results), LEARNED[f"smollm2_{mix}"]
+    if measure is None:
+        measure = learned_measure(results)
+    elif measure not in MEASURES[mix]:
+        raise ValueError(f"measure must be one of {MEASURES[mix]} for the {mix} mix, got {measure!r}")
+    learned = LEARNED[f"smollm2_{mix}"]
     by_point = {}
     for p in results["points"]:
         if p["steps"] == steps:
