@@ -267,6 +267,10 @@ def test_the_codes_mix_figures_and_table_show_new_content_not_task_accuracy():
     # from the base model (0.0 learned, all kept) through each evaluation
     assert [ln.get_xydata().tolist() for ln in ax.lines][1] == [[0.0, 1.0], [0.3, 0.7], [0.95, 0.6]]
     plt.close(ax.figure)
+    ax = experiment.plot_paths(res, 4, measure="new_content_paraphrase")
+    assert [ln.get_xydata().tolist() for ln in ax.lines][1] == [[0.0, 1.0], [0.15, 0.7], [0.475, 0.6]]
+    assert ax.get_xlabel() == experiment.MEASURE_LABELS["new_content_paraphrase"]
+    plt.close(ax.figure)
     f = experiment.as_fronts(res, 4)
     assert f["mix"] == "smollm2_codes" and f["tradeoff"]["full_ft"]["3e-05"]["new_content"] == 1.0
     # the paraphrase read as what was learned: the same rule, another measure

@@ -291,7 +291,8 @@ METHOD_LABELS = {"full_ft": "full fine-tuning", "lora": "LoRA (rank 24)",
                  "loramoe": "LoRAMoE (6 x rank 4) + corrected LBC", "gated_lora": "gated LoRA"}
 # The accuracy each mix's figures and tables put beside the knowledge kept (the first of ``MEASURES[mix]``).
 MEASURE_LABELS = {"task_accuracy": "word reversal accuracy (test prompts)",
-                  "new_content": "new-content accuracy (codes, training question)"}
+                  "new_content": "new-content accuracy (codes, training question)",
+                  "new_content_paraphrase": "new-content accuracy (codes, paraphrased question)"}
 
 
 def learned_measure(results: dict) -> str:
@@ -431,16 +432,19 @@ def plot_curves(results: dict, steps: int, main_lrs: dict):
     return fig
 
 
-def plot_paths(results: dict, steps: int, ax=None):
+def plot_paths(results: dict, steps: int, ax=None, measure: str | None = None):
     """Each ``(method, lr)`` run of ``steps`` steps as a path through its evaluations (mean over seeds): what the mix
-    learns (x, :func:`learned_measure`) against the share of the known facts kept (y), from the base model (the
-    open circle) to the last step (labelled with the rate). A path that drops before it moves right forgets before
-    it learns. Colours from ``report.color_of``. Returns the axes."""
+    learns (x: ``measure``, default :func:`learned_measure`) against the share of the known facts kept (y), from the
+    base model (the open circle) to the last step (labelled with the rate). A path that drops before it moves right
+    forgets before it learns. Colours from ``report.color_of``. Returns the axes."""
     import matplotlib.pyplot as plt
     from .report import color_of
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4.5), facecolor="white")
-    n_known, measure = len(results["base"]["known"]), learned_measure(results)
+    n_known = len(results["base"]["known"])
+    measure = learned_measure(results) if measure is None else measure
+    if measure not in MEASURES[mix_of(results["recipe"])]:
+        raise ValueError(f"measure must be one of {MEASURES[mix_of(results['recipe'])]}, got {measure!r}")
     start = (results["base"][measure], 1.0)
     labelled = set()
     for m, lr in _runs_of(results, steps):
@@ -452,7 +456,7 @@ def plot_paths(results: dict, steps: int, ax=None):
                     color=color_of(m))
     ax.scatter(*start, s=60, facecolors="white", edgecolors="black", zorder=4, label="base model")
     ax.set(xlabel=MEASURE_LABELS[measure], ylabel=f"knowledge kept (of {n_known} known facts)", xlim=(-0.03, 1.03),
-           ylim=(0, 1.05), title=f"SmolLM2-135M: every evaluation of the {steps}-step runs")
+           ylim=(0, 1.05), title=f"every evaluation of the {steps}-step runs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     return ax
