@@ -365,10 +365,12 @@ def curves_table(results: dict, steps: int) -> str:
     kept (mean over seeds, then each seed's) and the mean of what the mix learns (:func:`learned_measure`: task
     accuracy or new-content accuracy); the header counts samples seen."""
     bs, measure = results["recipe"]["batch_size"], learned_measure(results)
-    lines = [f"{'method':<8} {'lr':>6}  " + "".join(f"{s * bs:>6,} samples{'':>12}" for s in eval_steps(results, steps))]
-    for m, lr in _runs_of(results, steps):
+    runs = _runs_of(results, steps)
+    w = max([8] + [len(m) + 1 for m, _ in runs])
+    lines = [f"{'method':<{w}} {'lr':>6}  " + "".join(f"{s * bs:>6,} samples{'':>7}" for s in eval_steps(results, steps))]
+    for m, lr in runs:
         k, t = curve(results, m, lr, "knowledge_kept", steps), curve(results, m, lr, measure, steps)
-        lines.append(f"{m:<8} {lr:>6.0e}  " + "".join(
+        lines.append(f"{m:<{w}} {lr:>6.0e}  " + "".join(
             f"{k[:, j].mean():5.1f} ({'/'.join(f'{v:.0f}' for v in k[:, j]):<5}) {t[:, j].mean():4.2f}   "
             for j in range(k.shape[1])))
     return "\n".join(lines)
