@@ -278,6 +278,8 @@ def test_the_codes_mix_figures_and_table_show_new_content_not_task_accuracy():
     assert para["tradeoff"]["full_ft"]["3e-05"]["new_content"] == 0.5
     with pytest.raises(ValueError, match="measure must be one of"):
         experiment.as_fronts(res, 4, measure="task_accuracy")
+    with pytest.raises(ValueError, match="measure must be one of"):
+        experiment.plot_paths(res, 4, measure="task_accuracy")
 
 
 def test_as_fronts_applies_the_books_rule_to_a_results_file():

@@ -295,10 +295,16 @@ MEASURE_LABELS = {"task_accuracy": "word reversal accuracy (test prompts)",
                   "new_content_paraphrase": "new-content accuracy (codes, paraphrased question)"}
 
 
-def learned_measure(results: dict) -> str:
+def learned_measure(results: dict, measure: str | None = None) -> str:
     """What the runs of a results file learn, as the key of an evaluation: ``"task_accuracy"`` (reversal mix) or
-    ``"new_content"`` (codes mix)."""
-    return MEASURES[mix_of(results["recipe"])][0]
+    ``"new_content"`` (codes mix); or ``measure`` when given, which must be one of the mix's ``MEASURES``
+    (``ValueError`` otherwise)."""
+    mix = mix_of(results["recipe"])
+    if measure is None:
+        return MEASURES[mix][0]
+    if measure not in MEASURES[mix]:
+        raise ValueError(f"measure must be one of {MEASURES[mix]} for the {mix} mix, got {measure!r}")
+    return measure
 
 
 def grid_points(results: dict, steps: int, seed: int = 0) -> dict:
@@ -334,11 +340,7 @@ def as_fronts(results: dict, steps: int, measure: str | None = None) -> dict:
     ``"new_content_paraphrase"``, the codes asked with a question never trained on); default
     :func:`learned_measure`."""
     mix, bs = mix_of(results["recipe"]), results["recipe"]["batch_size"]
-    if measure is None:
-        measure = learned_measure(results)
-    elif measure not in MEASURES[mix]:
-        raise ValueError(f"measure must be one of {MEASURES[mix]} for the {mix} mix, got {measure!r}")
-    learned = LEARNED[f"smollm2_{mix}"]
+    measure, learned = learned_measure(results, measure), LEARNED[f"smollm2_{mix}"]
     by_point = {}
     for p in results["points"]:
         if p["steps"] == steps:
@@ -443,10 +445,7 @@ def plot_paths(results: dict, steps: int, ax=None, measure: str | None = None):
     from .report import color_of
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4.5), facecolor="white")
-    n_known = len(results["base"]["known"])
-    measure = learned_measure(results) if measure is None else measure
-    if measure not in MEASURES[mix_of(results["recipe"])]:
-        raise ValueError(f"measure must be one of {MEASURES[mix_of(results['recipe'])]}, got {measure!r}")
+    n_known, measure = len(results["base"]["known"]), learned_measure(results, measure)
     start = (results["base"][measure], 1.0)
     labelled = set()
     for m, lr in _runs_of(results, steps):
