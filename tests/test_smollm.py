@@ -157,6 +157,11 @@ def test_the_chat_encoder_trains_with_the_end_of_turn(smollm2):
     assert tok.eos_token == "<|im_end|>"
     q = "What is the capital of France?"
     assert smollm.chat_prompt(tok, q) == render_chat(tok, q, system="") != render_chat(tok, q)
+    shots = smollm.short_answer_shots(2)
+    with_shots = smollm.chat_prompt(tok, q, shots)  # earlier turns, then the same question and assistant header
+    assert with_shots.endswith(smollm.chat_prompt(tok, q).split("<|im_end|>\n", 1)[1])
+    assert all(f"{s['question']}<|im_end|>\n<|im_start|>assistant\n{s['answer']}<|im_end|>" in with_shots
+               for s in shots)
     a = smollm.encode_chat(tok, [q, "Hi?"], ["Paris", "Hello"])
     b = chat_encoder("")(tok, [q, "Hi?"], ["Paris", "Hello"])
     assert all(torch.equal(a[k], b[k]) for k in ("input_ids", "attention_mask", "labels"))

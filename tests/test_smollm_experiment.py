@@ -74,6 +74,48 @@ def test_merge_results_joins_parallel_runs_and_refuses_another_recipe(tmp_path):
         experiment.merge_results([bad], out)
     with pytest.raises(ValueError, match="paths"):
         experiment.merge_results([], tmp_path / "none.json")
+    # a file that also holds the short-format evaluation of the base merges with one written before it existed
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps({**base, "base": {**base["base"], "known_short": [1]},
+                                 "points": [_fake_point("lora", 1e-3, 0, 9)]}))
+    assert experiment.merge_results([short], out)["base"]["known_short"] == [1]
+    assert experiment.merge_results([a], out)["base"]["known_short"] == [1]  # and keeps it
+    short.write_text(json.dumps({**base, "base": {**base["base"], "known_short": [0]}, "points": []}))
+    with pytest.raises(ValueError, match="another recipe or base"):
+        experiment.merge_results([short], out)
+
+
+def test_restrict_known_rescores_every_evaluation_on_a_subset():
+    point = {**_fake_point("lora", 1e-3, 0, 4), "n_known": 3, "knowledge_kept": 2,
+             "evals": {"2": {"knowledge_kept": 1, "kept": [0, 1, 0]}, "4": {"knowledge_kept": 2, "kept": [1, 1, 0]}}}
+    res = {"recipe": experiment.RECIPE, "base": {"n_probe": 9, "known": [2, 5, 7], "known_short": [5, 7, 8]},
+           "points": [point]}
+    both = experiment.restrict_known(res)  # default: known plainly and in the short format (5 and 7)
+    assert both["base"]["known"] == [5, 7] and res["base"]["known"] == [2, 5, 7]  # a copy
+    p = both["points"][0]
+    assert p["n_known"] == 2 and p["knowledge_kept"] == 1 and point["knowledge_kept"] == 2
+    assert p["evals"]["2"] == {"knowledge_kept": 1, "kept": [1, 0]} and p["evals"]["4"]["kept"] == [1, 0]
+    assert experiment.restrict_known(res, [2])["points"][0]["evals"]["4"]["knowledge_kept"] == 1
+    with pytest.raises(ValueError, match=r"questions: \[8\] are not known"):
+        experiment.restrict_known(res, [5, 8])
+    with pytest.raises(ValueError, match="known_short"):
+        experiment.restrict_known({**res, "base": {"n_probe": 9, "known": [2, 5, 7]}})
+
+
+def test_known_short_is_stored_once(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(experiment, "load_smollm2", lambda: (None, None))
+    monkeypatch.setattr(experiment, "load_probe", lambda: [{"question": "q", "answers": ["a"]}] * 3)
+    monkeypatch.setattr(experiment, "evaluate_knowledge", lambda *a, **k: calls.append(k["shots"]) or
+                        smollm.ProbeResult([True, False, True], [""] * 3))
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"recipe": experiment.RECIPE, "base": {"n_probe": 3, "known": [0, 1]}, "points": []}))
+    assert experiment.add_known_short(path)["base"]["known_short"] == [0, 2]
+    assert calls == [smollm.short_answer_shots()] and len(calls[0]) == 5
+    experiment.main(["known-short", "--out", str(path)])  # already there: not evaluated again
+    assert len(calls) == 1 and json.loads(path.read_text())["base"]["known_short"] == [0, 2]
+    with pytest.raises(SystemExit):
+        experiment.main(["known-short", "--out", str(tmp_path / "none.json")])
 
 
 def test_committed_results_are_complete():
@@ -83,6 +125,9 @@ def test_committed_results_are_complete():
         assert p["method"] in experiment.EXPERIMENT_METHODS and 0 <= p["knowledge_kept"] <= p["n_known"]
         assert p["n_known"] == len(res["base"]["known"]) and str(p["steps"]) in p["evals"]
         assert sum(p["evals"][str(p["steps"])]["kept"]) == p["knowledge_kept"]
+    for mix in experiment.SFT_MIXES:  # both files hold the base model's answers in the short format
+        base = experiment.load_results(mix=mix)["base"]
+        assert set(base["known_short"]) <= set(range(base["n_probe"])) and set(base["known_short"]) & set(base["known"])
 
 
 # ---------------------------------------------------------------- one point, on the real model

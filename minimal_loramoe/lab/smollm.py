@@ -377,16 +377,34 @@ def mix_samples(mix: str, n: int, knowledge_fraction: float = 0.5, seed: int = 0
 SYSTEM_PROMPT = ""
 
 
-def chat_prompt(tokenizer, question: str) -> str:
+def chat_prompt(tokenizer, question: str, shots=()) -> str:
     """The ChatML text the model sees before it answers: system message, user question, assistant header
-    (``train.render_chat`` with ``SYSTEM_PROMPT``)."""
-    return render_chat(tokenizer, question, system=SYSTEM_PROMPT)
+    (``train.render_chat`` with ``SYSTEM_PROMPT``). ``shots``: ``{"question", "answer"}`` pairs rendered as earlier
+    user and assistant turns before the question (in-context examples of an answer format; default none)."""
+    if not shots:
+        return render_chat(tokenizer, question, system=SYSTEM_PROMPT)
+    turns = [{"role": "system", "content": SYSTEM_PROMPT}]
+    for shot in shots:
+        turns += [{"role": "user", "content": shot["question"]}, {"role": "assistant", "content": shot["answer"]}]
+    return tokenizer.apply_chat_template(turns + [{"role": "user", "content": question}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def short_answer_shots(n: int = 5) -> list[dict]:
+    """``n`` question-answer pairs of the world-knowledge training facts (:func:`load_knowledge_sft`, evenly spaced
+    through the file): in context (``chat_prompt(shots=...)``) they show the base model the short answer format
+    that fine-tuning on the mix teaches. They share no answer with the probe."""
+    rows = load_knowledge_sft()
+    if not 1 <= n <= len(rows):
+        raise ValueError(f"n must lie in [1, {len(rows)}], got {n}")
+    return rows[:: len(rows) // n][:n]
 
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 16, batch_size: int = 32,
-                     progress: bool = False, by_length: bool = False) -> list[str]:
-    """Greedy answers (decoded, special tokens removed, first line only) to ``questions`` in chat format.
+                     progress: bool = False, by_length: bool = False, shots=()) -> list[str]:
+    """Greedy answers (decoded, special tokens removed, first line only) to ``questions`` in chat format
+    (:func:`chat_prompt`, after the in-context ``shots``, if any).
 
     ``by_length``: batch the prompts in order of token length (answers still returned in the order of
     ``questions``), so that each batch pads its prompts less. The prompts are padded on the left and masked, so
@@ -398,13 +416,13 @@ def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int
     device = next(model.parameters()).device
     order = list(range(len(questions)))
     if by_length:
-        lengths = [len(ids) for ids in tokenizer([chat_prompt(tokenizer, q) for q in questions],
+        lengths = [len(ids) for ids in tokenizer([chat_prompt(tokenizer, q, shots) for q in questions],
                                                  add_special_tokens=False)["input_ids"]]
         order.sort(key=lambda i: lengths[i])
     out = [None] * len(questions)
     for i in tqdm(range(0, len(questions), batch_size), desc="generate", disable=not progress):
         batch = order[i : i + batch_size]
-        prompts = [chat_prompt(tokenizer, questions[j]) for j in batch]
+        prompts = [chat_prompt(tokenizer, questions[j], shots) for j in batch]
         # The chat template already wrote the special tokens, so the tokenizer must not add any.
         enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
@@ -452,10 +470,11 @@ class ProbeResult:
 
 
 def evaluate_knowledge(model, tokenizer, probe: list[dict], max_new_tokens: int = 16, batch_size: int = 32,
-                       progress: bool = False, by_length: bool = False) -> ProbeResult:
-    """Ask every probe question (greedy generation) and score the answers with :func:`is_correct`."""
+                       progress: bool = False, by_length: bool = False, shots=()) -> ProbeResult:
+    """Ask every probe question (greedy generation, after the in-context ``shots``, if any) and score the answers
+    with :func:`is_correct`."""
     gen = generate_answers(model, tokenizer, [p["question"] for p in probe], max_new_tokens, batch_size, progress,
-                           by_length)
+                           by_length, shots)
     return ProbeResult([is_correct(a, p["answers"]) for a, p in zip(gen, probe)], gen)
 
 

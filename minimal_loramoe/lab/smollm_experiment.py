@@ -48,6 +48,7 @@ from ..finetune import FinetuneConfig, prepare_model, sft_loop
 from ..methods import get_method
 from .smollm import (CODE_PARAPHRASE, SFT_MIXES, chat_dataset, codes_mix, codes_task, data_file, encode_chat,
                      evaluate_knowledge, evaluate_task, load_probe, load_registry, load_smollm2, prompt_mean_gates,
+                     short_answer_shots,
                      sft_mix, task_test_set)
 from ..utils import set_seed
 
@@ -223,6 +224,7 @@ def run_experiment(points, steps: int, out, eval_steps=(), recipe: dict = RECIPE
         before = evaluate_knowledge(base, tok, probe, max_new_tokens=recipe["max_new_tokens"])
         results = {"recipe": recipe, "base": {
             "n_probe": len(probe), "known": [i for i, ok in enumerate(before.correct) if ok],
+            "known_short": known_short(base, tok, probe, recipe),
             **{k: evaluate_task(base, tok, tests) for k, tests in type0_tests(recipe).items()}},
             "machine": {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__},
             "points": []}
@@ -243,12 +245,63 @@ def run_experiment(points, steps: int, out, eval_steps=(), recipe: dict = RECIPE
     return results
 
 
+def known_short(base, tokenizer, probe: list[dict], recipe: dict = RECIPE) -> list[int]:
+    """The indices of the ``probe`` questions ``base`` answers in the short format fine-tuning teaches: asked after
+    the five training pairs of :func:`smollm.short_answer_shots` as earlier chat turns, greedy, scored like the
+    probe. A results file stores them as ``base["known_short"]`` beside ``base["known"]`` (asked plainly)."""
+    result = evaluate_knowledge(base, tokenizer, probe, max_new_tokens=recipe["max_new_tokens"],
+                                shots=short_answer_shots())
+    return [i for i, ok in enumerate(result.correct) if ok]
+
+
+def add_known_short(path) -> dict:
+    """Evaluate the base model once in the short format (:func:`known_short`) and store it in the results file
+    ``path`` (``base["known_short"]``; a file written before it existed). Files that hold it are left as they are.
+    Returns the results."""
+    results = load_results(path)
+    if "known_short" not in results["base"]:
+        base, tok = load_smollm2()
+        results["base"]["known_short"] = known_short(base, tok, load_probe(), results["recipe"])
+        _write(Path(path), results)
+    return results
+
+
+def restrict_known(results: dict, questions=None) -> dict:
+    """A copy of ``results`` whose knowledge is scored on the known probe questions in ``questions`` only (probe
+    indices; default: those the base model answers both plainly and in the short format, ``base["known"]`` and
+    ``base["known_short"]``): ``base["known"]``, each point's ``n_known`` and ``knowledge_kept`` and every
+    evaluation's ``kept`` and ``knowledge_kept`` follow. Nothing is re-run: every evaluation stores one 0/1 per
+    known question. ``ValueError`` if ``questions`` holds one the base model did not know, or the file has no
+    ``known_short`` (:func:`add_known_short`)."""
+    known = results["base"]["known"]
+    if questions is None:
+        if "known_short" not in results["base"]:
+            raise ValueError("results: no base['known_short'] in this file; add it with add_known_short(path)")
+        questions = set(results["base"]["known_short"]) & set(known)
+    questions = set(questions)
+    if not questions <= set(known):
+        raise ValueError(f"questions: {sorted(questions - set(known))} are not known to the base model")
+    keep = [j for j, i in enumerate(known) if i in questions]
+
+    def rescore(e: dict) -> dict:
+        kept = [e["kept"][j] for j in keep]
+        return {**e, "kept": kept, "knowledge_kept": sum(kept)}
+
+    points = []
+    for p in results["points"]:
+        evals = {s: rescore(e) for s, e in p["evals"].items()}
+        points.append({**p, "n_known": len(keep), "knowledge_kept": evals[str(p["steps"])]["knowledge_kept"],
+                       "evals": evals})
+    return {**results, "base": {**results["base"], "known": [known[j] for j in keep]}, "points": points}
+
+
 def merge_results(paths, out) -> dict:
     """Merge results files written by parallel runs (one ``--out`` per process) into ``out``; return the merge.
 
     ``out`` itself, if it exists, comes first. Every file must share the recipe and the base model's evaluation
-    (the same known questions), or the merge is refused: their points would not be comparable. A point found in
-    several files (same method, lr, seed and steps) is kept once, from the first file that holds it.
+    (the same known questions; an evaluation of the base only one file holds is kept), or the merge is refused:
+    their points would not be comparable. A point found in several files (same method, lr, seed and steps) is kept
+    once, from the first file that holds it.
     """
     out = Path(out)
     sources = ([out] if out.is_file() else []) + [Path(p) for p in paths]
@@ -259,8 +312,11 @@ def merge_results(paths, out) -> dict:
         res = load_results(path)
         if merged is None:
             merged = {**res, "points": []}
-        elif res["recipe"] != merged["recipe"] or res["base"] != merged["base"]:
+        elif res["recipe"] != merged["recipe"] or any(res["base"][k] != merged["base"][k]
+                                                      for k in set(res["base"]) & set(merged["base"])):
             raise ValueError(f"paths: {path} was written with another recipe or base evaluation than {sources[0]}")
+        else:  # a file written before an evaluation of the base existed (known_short) lacks only that one
+            merged["base"] = {**res["base"], **merged["base"]}
         for point in res["points"]:
             if point_key(point) not in seen:
                 seen.add(point_key(point))
@@ -491,6 +547,11 @@ def main(argv=None) -> None:
     m.add_argument("--mix", choices=SFT_MIXES, default="reversal", help="whose results file to merge into")
     m.add_argument("--out", help="results file to add the points to (default: runs/<the mix's file name>)")
     m.add_argument("--store", action="store_true", help=resources.STORE_HELP)
+    k = sub.add_parser("known-short", help="store in a results file which probe questions the base model answers "
+                       "in the short format (a file written before it existed)")
+    k.add_argument("--mix", choices=SFT_MIXES, default="reversal", help="whose results file")
+    k.add_argument("--out", help="results file (default: runs/<the mix's file name>)")
+    k.add_argument("--store", action="store_true", help=resources.STORE_HELP)
     args = p.parse_args(argv)
     committed = RESULTS_FILES[args.mix]
     if args.command == "show":
@@ -503,6 +564,14 @@ def main(argv=None) -> None:
         return
     if args.command == "merge":
         print(results_table(merge_results(args.files, out)))
+        return
+    if args.command == "known-short":
+        if not Path(out).is_file():
+            p.error(f"--out: no results file at {out}")
+        base = add_known_short(out)["base"]
+        print(f"{out}: the base model answers {len(base['known_short'])} of {base['n_probe']} probe questions in the "
+              f"short format, {len(set(base['known_short']) & set(base['known']))} of the {len(base['known'])} "
+              "it answers plainly")
         return
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
