@@ -72,9 +72,10 @@ RUN_METHODS = EXPERIMENT_METHODS + ("gated_lora",)
 # the codes in a prototype (full FT 3e-5, LoRAMoE 1e-3: ~0.97 of the codes after 400 steps), half a decade apart.
 CODES_RESULTS_FILE = RESULTS_FILE.with_name("smollm2_codes.json")
 CODES_RECIPE = {**{k: v for k, v in RECIPE.items() if k != "n_test"}, "mix": "codes", "n_names": 100}
-# Each grid reaches one rate below the first plan (full FT 1e-5, adapters 3e-4): the best rate must not be its end.
-CODES_LR_GRID = {"full_ft": (3e-6, 1e-5, 3e-5, 1e-4), "lora": (1e-4, 3e-4, 1e-3, 3e-3),
-                 "loramoe": (1e-4, 3e-4, 1e-3, 3e-3), "gated_lora": (1e-4, 3e-4, 1e-3, 3e-3)}
+# The grids grew downward from the first plan (full FT 1e-5, adapters 3e-4) while the best rate was the lowest run:
+# a rate too low to learn the codes brackets it.
+CODES_LR_GRID = {"full_ft": (3e-6, 1e-5, 3e-5, 1e-4), "lora": (3e-5, 1e-4, 3e-4, 1e-3, 3e-3),
+                 "loramoe": (3e-5, 1e-4, 3e-4, 1e-3, 3e-3), "gated_lora": (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)}
 RECIPES = {"reversal": RECIPE, "codes": CODES_RECIPE}
 RESULTS_FILES = {"reversal": RESULTS_FILE, "codes": CODES_RESULTS_FILE}
 LR_GRIDS = {"reversal": REVERSAL_LR_GRID, "codes": CODES_LR_GRID}
