@@ -10,6 +10,7 @@ comes from :mod:`minimal_loramoe.lab.smollm` (loading, probe, chat, generation, 
     python -m minimal_loramoe.lab.smollm_experiment merge a.json b.json   # the files of runs made in parallel
     python -m minimal_loramoe.lab.smollm_experiment run --mix codes --steps 1000 ...   # new content: smollm2_codes.json
     python -m minimal_loramoe.lab.smollm_experiment show   # the table of the committed file
+    python -m minimal_loramoe.lab.smollm_experiment known-short --out a.json   # a file written before base["known_short"]
 
 Both write ``runs/smollm2.json`` by default; ``--store`` writes the committed
 ``minimal_loramoe/data/results/smollm2.json`` the chapter reads (maintainers).
@@ -25,7 +26,8 @@ Both write ``runs/smollm2.json`` by default; ``--store`` writes the committed
    ``generate_answers`` and the scoring (``evaluate_knowledge``, ``evaluate_task``); ``prompt_mean_gates`` on
    ``routing.mean_gates_by_type``; and the data it is probed and fine-tuned with. For a chat model the probe, the
    tasks and the mixes of :mod:`minimal_loramoe.lab.smollm` can be imported as they are (they are text); only facts
-   the new model knows make a fair probe, so check which probe questions its base model answers.
+   the new model knows make a fair probe, so check which probe questions its base model answers -- plainly and in
+   the short format fine-tuning teaches (``short_answer_shots``; :func:`known_short`, :func:`restrict_known`).
 2. ``<model>_experiment.py``, the experiment (this module): the recipes and grids for the model's scale
    (``RECIPE``, ``REVERSAL_LR_GRID``; full fine-tuning of a larger model needs lower rates), ``prepare`` (what stays
    frozen), ``run_point``, ``run_experiment`` (the resumable loop over points, with the new model's loader),
