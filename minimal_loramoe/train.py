@@ -157,10 +157,13 @@ def check_out_dir(out, model_dir: Path, overwrite: bool, resume: bool) -> Path:
     return out
 
 
-def render_chat(tokenizer, prompt: str, system: str | None = None) -> str:
+def render_chat(tokenizer, prompt: str, system: str | None = None, history=()) -> str:
     """The text a chat model sees before it answers ``prompt``: the tokenizer's own chat template with one user
-    turn (after a system message, if ``system`` is not None) and the assistant header; special tokens included."""
+    turn (after a system message, if ``system`` is not None, and the earlier ``(prompt, answer)`` turns of
+    ``history``, if any) and the assistant header; special tokens included."""
     head = [] if system is None else [{"role": "system", "content": system}]
+    for earlier, answer in history:
+        head += [{"role": "user", "content": earlier}, {"role": "assistant", "content": answer}]
     return tokenizer.apply_chat_template(head + [{"role": "user", "content": prompt}], tokenize=False,
                                          add_generation_prompt=True)
 

@@ -381,13 +381,8 @@ def chat_prompt(tokenizer, question: str, shots=()) -> str:
     """The ChatML text the model sees before it answers: system message, user question, assistant header
     (``train.render_chat`` with ``SYSTEM_PROMPT``). ``shots``: ``{"question", "answer"}`` pairs rendered as earlier
     user and assistant turns before the question (in-context examples of an answer format; default none)."""
-    if not shots:
-        return render_chat(tokenizer, question, system=SYSTEM_PROMPT)
-    turns = [{"role": "system", "content": SYSTEM_PROMPT}]
-    for shot in shots:
-        turns += [{"role": "user", "content": shot["question"]}, {"role": "assistant", "content": shot["answer"]}]
-    return tokenizer.apply_chat_template(turns + [{"role": "user", "content": question}], tokenize=False,
-                                         add_generation_prompt=True)
+    return render_chat(tokenizer, question, system=SYSTEM_PROMPT,
+                       history=[(shot["question"], shot["answer"]) for shot in shots])
 
 
 def short_answer_shots(n: int = 5) -> list[dict]:
