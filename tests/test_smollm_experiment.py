@@ -39,7 +39,7 @@ def _fake_point(method, lr, seed, steps):
 def test_run_experiment_resumes_and_refuses_another_recipe(tmp_path, monkeypatch):
     calls = []
 
-    def fake_run_point(base, tok, method, lr, seed, steps, known, eval_steps, recipe, progress):
+    def fake_run_point(base, tok, method, lr, seed, steps, known, eval_steps, recipe, progress, short_probe):
         calls.append((method, lr, seed))
         return None, _fake_point(method, lr, seed, steps)
 
@@ -96,6 +96,10 @@ def test_restrict_known_rescores_every_evaluation_on_a_subset():
     assert p["n_known"] == 2 and p["knowledge_kept"] == 1 and point["knowledge_kept"] == 2
     assert p["evals"]["2"] == {"knowledge_kept": 1, "kept": [1, 0]} and p["evals"]["4"]["kept"] == [1, 0]
     assert experiment.restrict_known(res, [2])["points"][0]["evals"]["4"]["knowledge_kept"] == 1
+    # a run also asked in the short format (run_point's short_probe): its short answers follow the same subset
+    point["evals"]["4"].update(kept_short=[0, 1, 1], knowledge_kept_short=2)
+    e = experiment.restrict_known(res)["points"][0]["evals"]["4"]
+    assert e["kept_short"] == [1, 1] and e["knowledge_kept_short"] == 2 and e["kept"] == [1, 0]
     with pytest.raises(ValueError, match=r"questions: \[8\] are not known"):
         experiment.restrict_known(res, [5, 8])
     with pytest.raises(ValueError, match="known_short"):
@@ -171,7 +175,7 @@ def test_gated_lora_is_an_experiment_method(tiny_llama):
 
 
 def test_codes_results_live_in_their_own_file(tmp_path, monkeypatch):
-    def fake_run_point(base, tok, method, lr, seed, steps, known, eval_steps, recipe, progress):
+    def fake_run_point(base, tok, method, lr, seed, steps, known, eval_steps, recipe, progress, short_probe):
         return None, {**_fake_point(method, lr, seed, steps), "new_content": 0.75, "new_content_paraphrase": 0.5}
 
     _without_the_model(monkeypatch, fake_run_point)
@@ -190,23 +194,26 @@ def test_codes_results_live_in_their_own_file(tmp_path, monkeypatch):
 def test_cli_picks_the_mix_grid_and_file(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # the default results file is ./runs/<the mix's file name>
     calls = []
-    monkeypatch.setattr(experiment, "run_experiment", lambda points, steps, out, eval_steps, recipe, progress:
-                        calls.append((points, out, recipe)) or {"recipe": recipe, "points": []})
+    monkeypatch.setattr(experiment, "run_experiment", lambda points, steps, out, eval_steps, recipe, progress,
+                        short_probe: calls.append((points, out, recipe, short_probe)) or {"recipe": recipe, "points": []})
     experiment.main(["run", "--mix", "codes", "--steps", "3", "--methods", "gated_lora", "full_ft"])
-    points, out, recipe = calls[-1]
+    points, out, recipe, short_probe = calls[-1]
     assert out == str(Path("runs") / experiment.CODES_RESULTS_FILE.name) and recipe == experiment.CODES_RECIPE
+    assert short_probe is False
     assert points == [("gated_lora", lr, 0) for lr in experiment.CODES_LR_GRID["gated_lora"]] + \
         [("full_ft", lr, 0) for lr in experiment.CODES_LR_GRID["full_ft"]]
     experiment.main(["run", "--mix", "codes", "--steps", "3", "--methods", "lora", "--store"])
     assert calls[-1][1] == str(experiment.CODES_RESULTS_FILE)  # --store: the committed file
     experiment.main(["run", "--steps", "3"])  # the default stays chapter 10's reversal grid and file
-    points, out, recipe = calls[-1]
+    points, out, recipe, _ = calls[-1]
     assert out == str(Path("runs") / experiment.RESULTS_FILE.name) and recipe == experiment.RECIPE
     assert {m for m, _, _ in points} == set(experiment.EXPERIMENT_METHODS)
     with pytest.raises(SystemExit):  # no reversal grid for gated_lora: the rates must be given
         experiment.main(["run", "--steps", "3", "--methods", "gated_lora"])
     experiment.main(["run", "--steps", "3", "--methods", "gated_lora", "--lrs", "1e-3"])
     assert calls[-1][0] == [("gated_lora", 1e-3, 0)]
+    experiment.main(["run", "--mix", "codes", "--steps", "3", "--methods", "lora", "--lrs", "1e-4", "--short-probe"])
+    assert calls[-1][3] is True
 
 
 @pytest.mark.slow
@@ -219,7 +226,14 @@ def test_run_point_on_the_codes_mix(smollm2):
     assert point["n_names"] == 4 and "task_accuracy" not in point and "n_test" not in point
     last = point["evals"]["2"]
     assert set(last) == {"knowledge_kept", "new_content", "new_content_paraphrase", "kept"}
-    assert all(0 <= last[k] <= 1 for k in experiment.MEASURES["codes"])
+    assert all(0 <= last[k] <= 1 for k in experiment.MEASURES["codes"]) and "short_probe" not in point
+    # short_probe: every evaluation also asks the known questions in the short format (the same model: the run is
+    # seeded, so the plain answers are those of the run above)
+    _, again = experiment.run_point(model, tok, "gated_lora", 1e-3, seed=0, steps=2, known=smollm.load_probe()[:2],
+                                    eval_steps=[1], recipe=recipe, short_probe=True)
+    assert again["short_probe"] is True and again["evals"]["2"]["kept"] == last["kept"]
+    for e in again["evals"].values():
+        assert len(e["kept_short"]) == 2 and e["knowledge_kept_short"] == sum(e["kept_short"])
 
 
 # ---------------------------------------------------------------- reading a results file (chapter 10's figures)

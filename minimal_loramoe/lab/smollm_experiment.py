@@ -127,7 +127,7 @@ def type0_tests(recipe: dict, trained=()) -> dict:
 
 
 def run_point(base, tokenizer, method: str, lr: float, seed: int, steps: int, known: list[dict],
-              eval_steps=(), recipe: dict = RECIPE, progress: bool = False):
+              eval_steps=(), recipe: dict = RECIPE, progress: bool = False, short_probe: bool = False):
     """Fine-tune one copy of ``base`` on the typed mix and evaluate it: ``(model, point)``.
 
     ``point`` holds, after every step count of ``eval_steps`` and after ``steps``: the questions of ``known`` (those
@@ -136,7 +136,10 @@ def run_point(base, tokenizer, method: str, lr: float, seed: int, steps: int, kn
     new-content accuracy with the training question and with the paraphrase (codes); plus the training seconds
     (evaluation excluded) and the last losses. For LoRAMoE the last evaluation also holds the mean gate weight of
     the knowledge group (experts < E/2, the group the balancing constraint gives the type-1 samples) on the known
-    questions and on the task prompts (codes: the code questions).
+    questions and on the task prompts (codes: the code questions). ``short_probe``: every evaluation also asks
+    the known questions in the short format (after :func:`smollm.short_answer_shots`, as :func:`known_short` asks
+    the base model): ``kept_short`` (one 0/1 per question) and ``knowledge_kept_short``; the point says
+    ``"short_probe": true``.
     """
     r = recipe
     checkpoints = sorted({*eval_steps, steps})
@@ -152,9 +155,13 @@ def run_point(base, tokenizer, method: str, lr: float, seed: int, steps: int, kn
     def evaluate(m, n_seen):
         t = time.time()
         kept = evaluate_knowledge(m, tokenizer, known, max_new_tokens=r["max_new_tokens"])
-        evals[n_seen // r["batch_size"]] = {"knowledge_kept": kept.n_correct,
-                                            **{k: evaluate_task(m, tokenizer, s) for k, s in measures.items()},
-                                            "kept": [int(c) for c in kept.correct]}
+        evals[n_seen // r["batch_size"]] = e = {"knowledge_kept": kept.n_correct,
+                                                **{k: evaluate_task(m, tokenizer, s) for k, s in measures.items()},
+                                                "kept": [int(c) for c in kept.correct]}
+        if short_probe:
+            short = evaluate_knowledge(m, tokenizer, known, max_new_tokens=r["max_new_tokens"],
+                                       shots=short_answer_shots())
+            e.update(knowledge_kept_short=short.n_correct, kept_short=[int(c) for c in short.correct])
         eval_seconds[0] += time.time() - t
 
     t0 = time.time()
@@ -175,7 +182,7 @@ def run_point(base, tokenizer, method: str, lr: float, seed: int, steps: int, kn
              **({"n_names": len(tests)} if mix_of(r) == "codes" else {"n_test": len(tests)}),
              "loss_last20": sum(history["loss"][-20:]) / len(history["loss"][-20:]),
              "lbc_last20": sum(history["lbc"][-20:]) / len(history["lbc"][-20:]) if history["lbc"] else None,
-             "evals": {str(k): v for k, v in sorted(evals.items())}}
+             "evals": {str(k): v for k, v in sorted(evals.items())}, **({"short_probe": True} if short_probe else {})}
     return model, point
 
 
@@ -209,13 +216,13 @@ def _cpu_name() -> str:
 
 
 def run_experiment(points, steps: int, out, eval_steps=(), recipe: dict = RECIPE, progress: bool = True,
-                   verbose: bool = True) -> dict:
+                   verbose: bool = True, short_probe: bool = False) -> dict:
     """Run every ``(method, lr, seed)`` of ``points`` at ``steps`` steps that ``out`` does not hold yet.
 
     Resumable: the file is rewritten after each point, so a killed run keeps what it finished, and a rerun skips
     the points already there (same method, lr, seed and steps). All points of one file share ``recipe`` and the
     base model's evaluation (which probe questions it knows): a file written with another recipe is refused, so
-    the two mixes (``RECIPES``) can never share a file.
+    the two mixes (``RECIPES``) can never share a file. ``short_probe``: see :func:`run_point`.
     """
     out = Path(out)
     results = load_results(out) if out.is_file() else {}
@@ -238,7 +245,7 @@ def run_experiment(points, steps: int, out, eval_steps=(), recipe: dict = RECIPE
     for method, lr, seed in points:
         if (method, lr, seed, steps) in done:
             continue
-        _, point = run_point(base, tok, method, lr, seed, steps, known, eval_steps, recipe, progress)
+        _, point = run_point(base, tok, method, lr, seed, steps, known, eval_steps, recipe, progress, short_probe)
         results["points"].append(point)
         _write(out, results)
         if verbose:
@@ -273,7 +280,7 @@ def restrict_known(results: dict, questions=None) -> dict:
     """A copy of ``results`` whose knowledge is scored on the known probe questions in ``questions`` only (probe
     indices; default: those the base model answers both plainly and in the short format, ``base["known"]`` and
     ``base["known_short"]``): ``base["known"]``, each point's ``n_known`` and ``knowledge_kept`` and every
-    evaluation's ``kept`` and ``knowledge_kept`` follow. Nothing is re-run: every evaluation stores one 0/1 per
+    evaluation's ``kept`` and ``knowledge_kept`` (and ``kept_short``, ``knowledge_kept_short``) follow. Nothing is re-run: every evaluation stores one 0/1 per
     known question. ``ValueError`` if ``questions`` holds one the base model did not know, or the file has no
     ``known_short`` (:func:`add_known_short`)."""
     known = results["base"]["known"]
@@ -288,7 +295,11 @@ def restrict_known(results: dict, questions=None) -> dict:
 
     def rescore(e: dict) -> dict:
         kept = [e["kept"][j] for j in keep]
-        return {**e, "kept": kept, "knowledge_kept": sum(kept)}
+        out = {**e, "kept": kept, "knowledge_kept": sum(kept)}
+        if "kept_short" in e:  # a run evaluated in the short format too (run_point's short_probe)
+            out["kept_short"] = [e["kept_short"][j] for j in keep]
+            out["knowledge_kept_short"] = sum(out["kept_short"])
+        return out
 
     points = []
     for p in results["points"]:
@@ -542,6 +553,9 @@ def main(argv=None) -> None:
     r.add_argument("--out", help="results file (default: runs/<the mix's file name>; resumed if it exists)")
     r.add_argument("--store", action="store_true", help=resources.STORE_HELP)
     r.add_argument("--no-progress", action="store_true", help="no progress bar (a log file stays readable)")
+    r.add_argument("--short-probe", action="store_true",
+                   help="every evaluation also asks the known questions in the short format (five training pairs "
+                        "as earlier chat turns, as the base model's known_short)")
     s = sub.add_parser("show", help="print the table of a results file")
     s.add_argument("--mix", choices=SFT_MIXES, default="reversal", help="whose committed results file to show")
     s.add_argument("--out", help="results file (default: the mix's committed one, which the chapter reads)")
@@ -585,7 +599,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     points = [(m, lr, seed) for seed in args.seeds for m in methods for lr in (args.lrs or grid[m])]
     print(results_table(run_experiment(points, args.steps, out, args.eval_steps, recipe=RECIPES[args.mix],
-                                       progress=not args.no_progress)))
+                                       progress=not args.no_progress, short_probe=args.short_probe)))
 
 
 if __name__ == "__main__":
