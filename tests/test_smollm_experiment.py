@@ -54,6 +54,12 @@ def test_run_experiment_resumes_and_refuses_another_recipe(tmp_path, monkeypatch
     assert "lora       2e-04    0     5" in experiment.results_table(experiment.load_results(out))
     with pytest.raises(ValueError, match="another recipe"):
         experiment.run_experiment([("lora", 1e-3, 0)], steps=5, out=out, recipe={**experiment.RECIPE, "batch_size": 4})
+    # asked for the short answers, a point stored without them is refused before anything runs (not skipped)
+    with pytest.raises(ValueError, match=r"already holds \[\('lora', 0.001, 0, 5\)\] evaluated without short_probe"):
+        experiment.run_experiment([("lora", 5e-5, 0), ("lora", 1e-3, 0)], steps=5, out=out, short_probe=True)
+    assert len(calls) == 3
+    experiment.run_experiment([("lora", 1e-3, 0)], steps=7, out=out, short_probe=True, verbose=False)  # another key
+    assert calls[3:] == [("lora", 1e-3, 0)]
 
 
 def test_merge_results_joins_parallel_runs_and_refuses_another_recipe(tmp_path):

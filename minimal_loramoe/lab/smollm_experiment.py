@@ -182,7 +182,8 @@ def run_point(base, tokenizer, method: str, lr: float, seed: int, steps: int, kn
              **({"n_names": len(tests)} if mix_of(r) == "codes" else {"n_test": len(tests)}),
              "loss_last20": sum(history["loss"][-20:]) / len(history["loss"][-20:]),
              "lbc_last20": sum(history["lbc"][-20:]) / len(history["lbc"][-20:]) if history["lbc"] else None,
-             "evals": {str(k): v for k, v in sorted(evals.items())}, **({"short_probe": True} if short_probe else {})}
+             "evals": {str(k): v for k, v in sorted(evals.items())},
+             **({"short_probe": True} if short_probe else {})}
     return model, point
 
 
@@ -228,6 +229,11 @@ def run_experiment(points, steps: int, out, eval_steps=(), recipe: dict = RECIPE
     results = load_results(out) if out.is_file() else {}
     if results and results["recipe"] != recipe:
         raise ValueError(f"out: {out} was written with another recipe ({results['recipe']}); use another file")
+    points = list(points)
+    plain = [point_key(p) for p in results.get("points", []) if short_probe and not p.get("short_probe")
+             and p["steps"] == steps and point_key(p)[:3] in points]
+    if plain:  # they would be skipped, without the short answers asked for
+        raise ValueError(f"out: {out} already holds {plain} evaluated without short_probe; use another file")
     base, tok = load_smollm2()
     probe = load_probe()
     if "base" not in results:
@@ -280,8 +286,8 @@ def restrict_known(results: dict, questions=None) -> dict:
     """A copy of ``results`` whose knowledge is scored on the known probe questions in ``questions`` only (probe
     indices; default: those the base model answers both plainly and in the short format, ``base["known"]`` and
     ``base["known_short"]``): ``base["known"]``, each point's ``n_known`` and ``knowledge_kept`` and every
-    evaluation's ``kept`` and ``knowledge_kept`` (and ``kept_short``, ``knowledge_kept_short``) follow. Nothing is re-run: every evaluation stores one 0/1 per
-    known question. ``ValueError`` if ``questions`` holds one the base model did not know, or the file has no
+    evaluation's ``kept`` and ``knowledge_kept`` (and ``kept_short``, ``knowledge_kept_short``) follow. Nothing
+    is re-run: every evaluation stores one 0/1 per known question. ``ValueError`` if ``questions`` holds one the base model did not know, or the file has no
     ``known_short`` (:func:`add_known_short`)."""
     known = results["base"]["known"]
     if questions is None:
@@ -294,11 +300,11 @@ def restrict_known(results: dict, questions=None) -> dict:
     keep = [j for j, i in enumerate(known) if i in questions]
 
     def rescore(e: dict) -> dict:
-        kept = [e["kept"][j] for j in keep]
-        out = {**e, "kept": kept, "knowledge_kept": sum(kept)}
-        if "kept_short" in e:  # a run evaluated in the short format too (run_point's short_probe)
-            out["kept_short"] = [e["kept_short"][j] for j in keep]
-            out["knowledge_kept_short"] = sum(out["kept_short"])
+        out = dict(e)
+        for kept, n in (("kept", "knowledge_kept"), ("kept_short", "knowledge_kept_short")):  # short: short_probe
+            if kept in e:
+                out[kept] = [e[kept][j] for j in keep]
+                out[n] = sum(out[kept])
         return out
 
     points = []
