@@ -33,7 +33,8 @@ Both write ``runs/smollm2.json`` by default; ``--store`` writes the committed
    frozen), ``run_point``, ``run_experiment`` (the resumable loop over points, with the new model's loader),
    the results file names (``RESULTS_FILE``, under ``resources.RESULTS_DIR``) and ``main``. The rest of this
    module reads results files, not a model -- ``merge_results``, ``results_table``, ``grid_points``, ``curve``,
-   the tables and the plots -- so a new experiment imports those from here and writes only what differs. A method of ``methods.TABLE`` runs here once it is in ``REVERSAL_LR_GRID`` (which sets ``RUN_METHODS``).
+   the tables and the plots -- so a new experiment imports those from here and writes only what differs. A
+   method of ``methods.TABLE`` runs here once it is in ``RUN_METHODS`` (the default grid's methods and gated LoRA).
 """
 import argparse
 import json
