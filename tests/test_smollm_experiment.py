@@ -132,7 +132,7 @@ def test_committed_results_are_complete():
     res = experiment.load_results()
     assert res["recipe"] == experiment.RECIPE
     for p in res["points"]:
-        assert p["method"] in experiment.EXPERIMENT_METHODS and 0 <= p["knowledge_kept"] <= p["n_known"]
+        assert p["method"] in experiment.RUN_METHODS and 0 <= p["knowledge_kept"] <= p["n_known"]
         assert p["n_known"] == len(res["base"]["known"]) and str(p["steps"]) in p["evals"]
         assert sum(p["evals"][str(p["steps"])]["kept"]) == p["knowledge_kept"]
     for mix in experiment.SFT_MIXES:  # both files hold the base model's answers in the short format
